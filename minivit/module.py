@@ -1,0 +1,188 @@
+"""Parameter and Module: the contract every layer follows.
+
+A layer is a :class:`Module` with two methods a learner reads side by side:
+
+* ``forward(x)`` computes the output and keeps, in ``self.cache``, exactly
+  what the backward pass will need;
+* ``backward(dout)`` takes dL/d(output), returns dL/d(input) and *adds*
+  dL/d(parameter) into each ``Parameter.grad`` (like PyTorch, gradients
+  accumulate until :meth:`Module.zero_grad`).
+
+Sub-modules and parameters assigned as attributes are registered in order,
+which gives dotted names (``blocks.0.attn.qkv.weight``) identical to timm's.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy
+
+from minivit import backend
+
+
+class Parameter:
+    """A trainable array and the gradient accumulated for it.
+
+    ``requires_grad=False`` marks a fixed array (e.g. the sine-cosine position
+    embedding): it is saved in ``state_dict`` but not trained.
+    """
+
+    def __init__(self, data, requires_grad: bool = True):
+        self.data = data
+        self.requires_grad = requires_grad
+        self.grad = backend.xp.zeros_like(data) if requires_grad else None
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def zero_grad(self) -> None:
+        if self.grad is not None:
+            self.grad.fill(0)
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class of all layers (see the module docstring for the contract)."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "cache", None)
+
+    # -- registration -------------------------------------------------------
+    def __setattr__(self, key, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(
+                f"{type(self).__name__}.__init__ must call super().__init__() "
+                "before assigning attributes"
+            )
+        self._parameters.pop(key, None)
+        self._modules.pop(key, None)
+        if isinstance(value, Parameter):
+            self._parameters[key] = value
+        elif isinstance(value, Module):
+            self._modules[key] = value
+        object.__setattr__(self, key, value)
+
+    # -- the two passes -----------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _saved(self):
+        """The forward cache, or a clear error if backward came first."""
+        if self.cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() was called before forward(): "
+                "run forward on a batch first, then backward with the gradient "
+                "of the loss with respect to its output"
+            )
+        return self.cache
+
+    # -- traversal ----------------------------------------------------------
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for key, module in self._modules.items():
+            yield from module.named_modules(f"{prefix}.{key}" if prefix else key)
+
+    def named_parameters(self, prefix: str = ""):
+        """Yield ``(dotted_name, Parameter)`` in registration order."""
+        for module_name, module in self.named_modules(prefix):
+            for key, param in module._parameters.items():
+                yield (f"{module_name}.{key}" if module_name else key), param
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        return int(sum(p.data.size for p in self.parameters()
+                       if p.requires_grad or not trainable_only))
+
+    def zero_grad(self) -> None:
+        """Reset every accumulated gradient to zero (explicitly, as in llm.c)."""
+        for p in self.parameters():
+            p.zero_grad()
+
+    def train(self, mode: bool = True):
+        for _, module in self.named_modules():
+            object.__setattr__(module, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- saving and loading -------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, numpy.ndarray]":
+        """Every parameter as a host NumPy array, under timm's names."""
+        return OrderedDict(
+            (key, backend.to_numpy(p.data).copy()) for key, p in self.named_parameters()
+        )
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+        """Copy arrays (NumPy, CuPy, or anything ``numpy.asarray`` takes) in.
+
+        With ``strict`` (the default) any missing, unexpected or wrongly shaped
+        key is an error that lists all of them; nothing is changed then.
+        """
+        own = OrderedDict(self.named_parameters())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        wrong = [
+            f"{k}: expected {tuple(own[k].shape)}, got {tuple(numpy.shape(v))}"
+            for k, v in state_dict.items()
+            if k in own and tuple(numpy.shape(v)) != tuple(own[k].shape)
+        ]
+        if wrong or (strict and (missing or unexpected)):
+            lines = ["state_dict does not fit this model:"]
+            if missing:
+                lines.append("  missing keys: " + ", ".join(missing))
+            if unexpected:
+                lines.append("  unexpected keys: " + ", ".join(unexpected))
+            if wrong:
+                lines.append("  wrongly shaped: " + "; ".join(wrong))
+            lines.append("  (build the model with the config the weights were saved "
+                         "with, or pass strict=False to skip missing/unexpected keys)")
+            raise ValueError("\n".join(lines))
+        for key, value in state_dict.items():
+            if key in own:
+                param = own[key]
+                param.data[...] = backend.to_device(backend.to_numpy(value),
+                                                    param.data.dtype)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for key, module in self._modules.items():
+            sub = repr(module).replace("\n", "\n  ")
+            lines.append(f"  ({key}): {sub}")
+        return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
+
+
+class ModuleList(Module):
+    """An indexable list of modules, named ``0``, ``1``, ... like PyTorch's."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for i, module in enumerate(modules):
+            setattr(self, str(i), module)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
