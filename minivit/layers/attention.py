@@ -1,0 +1,102 @@
+"""Multi-head self-attention, with one fused qkv projection (timm's layout).
+
+Shapes: B batch, T tokens, D = heads * hd model width, hd head width.
+
+Forward                                         Backward (given dy)
+  qkv = x @ Wqkv^T + bqkv      (B, T, 3D)         dx   = qkv.backward(dqkv)
+  q, k, v = split(qkv)         (B, H, T, hd)      dqkv = merge(dq, dk, dv)
+  s = q @ k^T * scale          (B, H, T, T)       dq = ds @ k * scale,  dk = ds^T @ q * scale
+  a = softmax(s, axis=-1)      (B, H, T, T)       ds = a * (da - sum(da * a, axis=-1))
+  a' = dropout(a)                                 da = dropout.backward(da')
+  o = a' @ v                   (B, H, T, hd)      da' = do @ v^T,  dv = a'^T @ do
+  y = proj(merge_heads(o))     (B, T, D)          do = split_heads(proj.backward(dy))
+
+The softmax line is the Jacobian-vector product of softmax: for each row,
+ds_i = a_i * (da_i - sum_j a_j da_j).
+"""
+
+from __future__ import annotations
+
+import math
+
+from minivit import backend
+from minivit.layers.dropout import Dropout
+from minivit.layers.linear import Linear
+from minivit.module import Module
+
+
+def softmax(s, axis=-1):
+    """Numerically stable softmax: subtracting the row max changes nothing
+    mathematically but keeps exp() from overflowing."""
+    xp = backend.xp
+    e = xp.exp(s - s.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+class MultiHeadSelfAttention(Module):
+    """Shapes: x (B, T, D) -> y (B, T, D).
+
+    Sub-modules (timm names): ``qkv`` Linear(D, 3D) whose output rows are
+    ordered [q; k; v], each split into heads contiguously; ``proj``
+    Linear(D, D). After every forward, ``attn_probs`` (B, heads, T, T) holds
+    the attention probabilities (before dropout) for visualisation.
+    """
+
+    def __init__(self, dim: int, heads: int, attn_dropout: float = 0.0,
+                 proj_dropout: float = 0.0):
+        super().__init__()
+        if heads < 1 or dim % heads != 0:
+            raise ValueError(
+                f"dim ({dim}) must be divisible by heads ({heads}); e.g. dim=64 with "
+                "heads=1, 2, 4 or 8"
+            )
+        self.dim, self.heads = dim, heads
+        self.head_dim = dim // heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.attn_drop = Dropout(attn_dropout)
+        self.proj = Linear(dim, dim)
+        self.proj_drop = Dropout(proj_dropout)
+        self.attn_probs = None
+
+    def forward(self, x):
+        if x.ndim != 3 or x.shape[-1] != self.dim:
+            raise ValueError(
+                f"attention expects (B, T, {self.dim}), got shape {tuple(x.shape)}"
+            )
+        B, T, D = x.shape
+        H, hd = self.heads, self.head_dim
+        qkv = self.qkv.forward(x)                                    # (B, T, 3D)
+        # (B, T, 3, H, hd) -> (3, B, H, T, hd): q, k, v each (B, H, T, hd)
+        q, k, v = qkv.reshape(B, T, 3, H, hd).transpose(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(0, 1, 3, 2)) * self.scale          # (B, H, T, T)
+        attn = softmax(scores)                                       # (B, H, T, T)
+        self.attn_probs = attn
+        attn_dropped = self.attn_drop.forward(attn)
+        out = attn_dropped @ v                                       # (B, H, T, hd)
+        merged = out.transpose(0, 2, 1, 3).reshape(B, T, D)          # (B, T, D)
+        self.cache = (q, k, v, attn, attn_dropped)
+        return self.proj_drop.forward(self.proj.forward(merged))
+
+    def backward(self, dout):
+        xp = backend.xp
+        q, k, v, attn, attn_dropped = self._saved()
+        B, H, T, hd = q.shape
+        dmerged = self.proj.backward(self.proj_drop.backward(dout))  # (B, T, D)
+        dout_heads = dmerged.reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, H, T, hd)
+        # out = a' @ v
+        dattn_dropped = dout_heads @ v.transpose(0, 1, 3, 2)         # (B, H, T, T)
+        dv = attn_dropped.transpose(0, 1, 3, 2) @ dout_heads         # (B, H, T, hd)
+        dattn = self.attn_drop.backward(dattn_dropped)
+        # a = softmax(s): ds = a * (da - sum(da * a))
+        dscores = attn * (dattn - (dattn * attn).sum(axis=-1, keepdims=True))
+        dscores *= self.scale                                        # s = (q k^T) * scale
+        dq = dscores @ k                                             # (B, H, T, hd)
+        dk = dscores.transpose(0, 1, 3, 2) @ q                       # (B, H, T, hd)
+        # Inverse of the head split: (3, B, H, T, hd) -> (B, T, 3, H, hd) -> (B, T, 3D)
+        dqkv = xp.stack((dq, dk, dv)).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H * hd)
+        return self.qkv.backward(dqkv)
+
+    def extra_repr(self):
+        return f"dim={self.dim}, heads={self.heads}"

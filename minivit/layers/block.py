@@ -1,0 +1,40 @@
+"""Transformer block, pre-norm (as in ViT and timm).
+
+Forward                                  Backward (given dy)
+  x1 = x + attn(norm1(x))                  dx1 = dy + norm2.backward(mlp.backward(dy))
+  y  = x1 + mlp(norm2(x1))                 dx  = dx1 + norm1.backward(attn.backward(dx1))
+
+A residual connection passes its gradient through unchanged, so each
+``dx = d(skip) + d(branch)``: the identity path is why deep stacks train.
+"""
+
+from __future__ import annotations
+
+from minivit.layers.attention import MultiHeadSelfAttention
+from minivit.layers.layernorm import LayerNorm
+from minivit.layers.mlp import MLP
+from minivit.module import Module
+
+
+class Block(Module):
+    """Shapes: x (B, T, dim) -> y (B, T, dim). timm names: ``norm1``, ``attn``,
+    ``norm2``, ``mlp``."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0,
+                 attn_dropout: float = 0.0, eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = LayerNorm(dim, eps=eps)
+        self.attn = MultiHeadSelfAttention(dim, heads, attn_dropout=attn_dropout,
+                                           proj_dropout=dropout)
+        self.norm2 = LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, mlp_dim, dropout=dropout)
+
+    def forward(self, x):
+        self.cache = True
+        x1 = x + self.attn.forward(self.norm1.forward(x))
+        return x1 + self.mlp.forward(self.norm2.forward(x1))
+
+    def backward(self, dout):
+        self._saved()
+        dx1 = dout + self.norm2.backward(self.mlp.backward(dout))
+        return dx1 + self.norm1.backward(self.attn.backward(dx1))

@@ -1,0 +1,53 @@
+"""Linear: y = x W^T + b, over any number of leading dimensions.
+
+Forward                               Backward (given dy = dL/dy)
+  y = x @ W.T + b                       dx = dy @ W
+                                        dW += dy^T @ x   (summed over all rows)
+                                        db += sum of dy over all rows
+"""
+
+from __future__ import annotations
+
+from minivit import backend, init
+from minivit.module import Module, Parameter
+
+
+class Linear(Module):
+    """Affine map of the last axis.
+
+    Shapes: x (..., in_features) -> y (..., out_features).
+    Parameters: ``weight`` (out_features, in_features) as in PyTorch,
+    ``bias`` (out_features,). Initialised like timm's ViT: truncated normal
+    std 0.02 for the weight, zeros for the bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(init.trunc_normal((out_features, in_features), std=0.02))
+        self.bias = Parameter(init.zeros((out_features,))) if bias else None
+
+    def forward(self, x):
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Linear expected input with last dimension {self.in_features}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        self.cache = x
+        y = x @ self.weight.data.T                       # (..., out)
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, dout):
+        x = self._saved()
+        # Flatten leading dims: every row of x contributes one outer product to dW.
+        x_rows = x.reshape(-1, self.in_features)           # (R, in)
+        dout_rows = dout.reshape(-1, self.out_features)    # (R, out)
+        self.weight.grad += dout_rows.T @ x_rows           # dW = dy^T x   (out, in)
+        if self.bias is not None:
+            self.bias.grad += dout_rows.sum(axis=0)        # db = sum_rows dy
+        return dout @ self.weight.data                     # dx = dy W     (..., in)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

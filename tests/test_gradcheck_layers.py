@@ -1,0 +1,136 @@
+"""Every layer's backward against central finite differences, in float64.
+
+For each layer: the input and every parameter, element by element, with a
+random mixed-sign upstream gradient; relative error <= 1e-6. Each check also
+runs along a random direction over all tensors at once. Runs on NumPy and,
+where present, CuPy.
+"""
+
+import numpy as np
+import pytest
+from helpers import randn, randomize_parameters
+
+from minivit import backend
+from minivit.gradcheck import assert_gradients_ok, check_module
+from minivit.layers import (GELU, MLP, Block, Dropout, LayerNorm, Linear,
+                            MultiHeadSelfAttention, PatchEmbed)
+from minivit.vit import ViT
+
+TOL = 1e-6
+
+
+def _check_both_modes(module, x):
+    report = check_module(module, x, tol=TOL)
+    assert_gradients_ok(report)
+    # Every trainable parameter and the input must have been checked.
+    expected = {"input"} | {n for n, p in module.named_parameters() if p.requires_grad}
+    assert set(report.per_tensor) == expected
+    for seed in (1, 2):
+        assert_gradients_ok(check_module(module, x, mode="direction", seed=seed, tol=TOL))
+    return report
+
+
+def test_linear(f64):
+    layer = Linear(5, 4)
+    randomize_parameters(layer)
+    _check_both_modes(layer, randn(2, 3, 5, seed=1))
+
+
+def test_linear_without_bias_2d_input(f64):
+    layer = Linear(6, 3, bias=False)
+    randomize_parameters(layer)
+    report = _check_both_modes(layer, randn(4, 6, seed=2))
+    assert set(report.per_tensor) == {"input", "weight"}
+
+
+def test_layernorm(f64):
+    layer = LayerNorm(7)
+    randomize_parameters(layer)
+    _check_both_modes(layer, randn(2, 3, 7, seed=3, scale=3.0) + 1.5)
+
+
+def test_gelu(f64):
+    _check_both_modes(GELU(), randn(4, 9, seed=4, scale=2.5))
+
+
+def test_dropout_with_fixed_mask(f64):
+    layer = Dropout(0.4)
+    x = randn(3, 8, seed=5)
+    _check_both_modes(layer, x)
+    # The mask really dropped something and scaled the rest by 1/(1-p).
+    backend.seed(0)
+    y = backend.to_numpy(layer.forward(x))
+    xs = backend.to_numpy(x)
+    dropped = y == 0
+    assert 0 < dropped.sum() < y.size
+    np.testing.assert_allclose(y[~dropped], xs[~dropped] / 0.6, rtol=1e-12)
+
+
+def test_dropout_eval_is_identity(f64):
+    layer = Dropout(0.5).eval()
+    x = randn(3, 8, seed=6)
+    assert layer.forward(x) is x
+    dout = randn(3, 8, seed=7)
+    assert layer.backward(dout) is dout
+
+
+@pytest.mark.parametrize("stride", [None, 2, 3])
+def test_patch_embed(f64, stride):
+    # stride None: tiling patches; 2 and 3: overlapping patches (col2im adds overlaps).
+    layer = PatchEmbed(image_size=8, patch_size=4, in_channels=2, dim=5, stride=stride)
+    randomize_parameters(layer)
+    _check_both_modes(layer, randn(2, 2, 8, 8, seed=8))
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_attention(f64, heads):
+    layer = MultiHeadSelfAttention(dim=12, heads=heads)
+    randomize_parameters(layer, scale=0.4)
+    _check_both_modes(layer, randn(2, 5, 12, seed=9))
+
+
+def test_attention_with_dropout(f64):
+    layer = MultiHeadSelfAttention(dim=8, heads=2, attn_dropout=0.25, proj_dropout=0.1)
+    randomize_parameters(layer, scale=0.4)
+    _check_both_modes(layer, randn(2, 4, 8, seed=10))
+
+
+def test_mlp(f64):
+    layer = MLP(6, 10, dropout=0.2)
+    randomize_parameters(layer)
+    _check_both_modes(layer, randn(2, 3, 6, seed=11))
+
+
+def test_block(f64):
+    layer = Block(dim=8, heads=2, mlp_dim=16, dropout=0.1, attn_dropout=0.1)
+    randomize_parameters(layer, scale=0.4)
+    _check_both_modes(layer, randn(2, 5, 8, seed=12))
+
+
+@pytest.mark.parametrize("pool,pos_embed", [("cls", "learned"), ("mean", "learned"),
+                                            ("cls", "sincos"), ("mean", "sincos")])
+def test_vit_whole_model(f64, pool, pos_embed):
+    model = ViT(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2,
+                heads=2, mlp_dim=12, dropout=0.1, attn_dropout=0.1, pool=pool,
+                pos_embed=pos_embed)
+    randomize_parameters(model, scale=0.4)
+    report = _check_both_modes(model, randn(2, 2, 8, 8, seed=13))
+    assert ("pos_embed" in report.per_tensor) == (pos_embed == "learned")
+
+
+def test_vit_overlapping_patches(f64):
+    model = ViT(image_size=8, patch_size=4, in_channels=1, num_classes=4, dim=8, depth=2,
+                heads=2, mlp_dim=8, stride=2)
+    randomize_parameters(model, scale=0.4)
+    _check_both_modes(model, randn(2, 1, 8, 8, seed=14))
+
+
+def test_vit_default_init_direction(f64):
+    """The MNIST-sized model as initialised for training, checked along random
+    directions (too many elements for an element-wise check in a unit test)."""
+    model = ViT(image_size=28, patch_size=7, in_channels=1, num_classes=10, dim=32,
+                depth=2, heads=4, mlp_dim=64, seed=0)
+    x = randn(3, 1, 28, 28, seed=15)
+    for seed in range(3):
+        assert_gradients_ok(check_module(model, x, mode="direction", seed=seed, tol=TOL))
+    assert_gradients_ok(check_module(model, x, samples=20, tol=TOL))

@@ -1,0 +1,155 @@
+"""The Module contract: names, state_dict, accumulation, modes; and the backend."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import randn
+
+from minivit import backend
+from minivit.layers import Linear
+from minivit.vit import ViT
+
+
+def timm_names(depth):
+    """timm's VisionTransformer state_dict keys, in its order."""
+    names = ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
+    for i in range(depth):
+        for sub in ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias",
+                    "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
+                    "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"):
+            names.append(f"blocks.{i}.{sub}")
+    return names + ["norm.weight", "norm.bias", "head.weight", "head.bias"]
+
+
+def test_state_dict_names_and_layouts(f32):
+    D, M, K, C, P = 16, 24, 5, 3, 4
+    model = ViT(image_size=16, patch_size=P, in_channels=C, num_classes=K, dim=D, depth=2,
+                heads=2, mlp_dim=M)
+    sd = model.state_dict()
+    assert list(sd) == timm_names(2)
+    assert [n for n, _ in model.named_parameters()] == list(sd)
+    expected = {"cls_token": (1, 1, D), "pos_embed": (1, 17, D),
+                "patch_embed.proj.weight": (D, C, P, P), "patch_embed.proj.bias": (D,),
+                "blocks.1.attn.qkv.weight": (3 * D, D), "blocks.1.attn.qkv.bias": (3 * D,),
+                "blocks.1.attn.proj.weight": (D, D), "blocks.0.mlp.fc1.weight": (M, D),
+                "blocks.0.mlp.fc2.weight": (D, M), "norm.weight": (D,),
+                "head.weight": (K, D), "head.bias": (K,)}
+    for key, shape in expected.items():
+        assert sd[key].shape == shape, key
+    assert all(isinstance(v, np.ndarray) for v in sd.values())
+
+
+def test_timm_like_init():
+    model = ViT(image_size=28, patch_size=7, dim=64, depth=2, heads=4, mlp_dim=256, seed=0)
+    sd = model.state_dict()
+    w = sd["blocks.0.mlp.fc1.weight"]
+    assert abs(w.std() - 0.02) < 0.002 and abs(w.mean()) < 0.002
+    assert abs(sd["pos_embed"].std() - 0.02) < 0.003
+    assert np.abs(sd["cls_token"]).max() < 1e-5
+    assert not sd["blocks.0.attn.qkv.bias"].any() and not sd["head.bias"].any()
+    assert (sd["norm.weight"] == 1).all()
+
+
+def test_seed_reproducible():
+    a = ViT(dim=16, depth=1, heads=2, mlp_dim=16, seed=3).state_dict()
+    b = ViT(dim=16, depth=1, heads=2, mlp_dim=16, seed=3).state_dict()
+    c = ViT(dim=16, depth=1, heads=2, mlp_dim=16, seed=4).state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["head.weight"], c["head.weight"])
+
+
+def test_load_state_dict_round_trip(f32):
+    cfg = dict(dim=16, depth=1, heads=2, mlp_dim=16)
+    src, dst = ViT(**cfg, seed=1), ViT(**cfg, seed=2)
+    dst.load_state_dict(src.state_dict())
+    x = randn(2, 1, 28, 28)
+    np.testing.assert_array_equal(backend.to_numpy(src.forward(x)),
+                                  backend.to_numpy(dst.forward(x)))
+
+
+def test_load_state_dict_mismatch_lists_everything(f32):
+    model = ViT(dim=16, depth=1, heads=2, mlp_dim=16)
+    sd = model.state_dict()
+    del sd["head.bias"]
+    sd["blocks.7.norm1.weight"] = np.ones(16)
+    sd["head.weight"] = np.zeros((3, 16))
+    with pytest.raises(ValueError) as info:
+        model.load_state_dict(sd)
+    msg = str(info.value)
+    assert "missing keys: head.bias" in msg
+    assert "unexpected keys: blocks.7.norm1.weight" in msg
+    assert "head.weight: expected (10, 16), got (3, 16)" in msg
+
+
+def test_gradients_accumulate_until_zero_grad(f64):
+    layer = Linear(4, 3)
+    x, dout = randn(5, 4, seed=1), randn(5, 3, seed=2)
+    layer.forward(x)
+    layer.backward(dout)
+    once = backend.to_numpy(layer.weight.grad).copy()
+    layer.backward(dout)
+    np.testing.assert_allclose(backend.to_numpy(layer.weight.grad), 2 * once, rtol=1e-14)
+    layer.zero_grad()
+    assert not backend.to_numpy(layer.weight.grad).any()
+    assert not backend.to_numpy(layer.bias.grad).any()
+
+
+def test_train_eval_switch_reaches_every_module(f32):
+    model = ViT(dim=16, depth=2, heads=2, mlp_dim=16, dropout=0.5, attn_dropout=0.5)
+    model.eval()
+    assert all(not m.training for _, m in model.named_modules())
+    x = randn(2, 1, 28, 28)
+    a, b = model.forward(x), model.forward(x)
+    np.testing.assert_array_equal(backend.to_numpy(a), backend.to_numpy(b))
+    model.train()
+    assert all(m.training for _, m in model.named_modules())
+    c = model.forward(x)
+    assert not np.array_equal(backend.to_numpy(a), backend.to_numpy(c))
+
+
+def test_sincos_pos_embed_fixed_and_saved(f32):
+    model = ViT(dim=16, depth=1, heads=2, mlp_dim=16, pos_embed="sincos")
+    assert "pos_embed" in model.state_dict()
+    assert not model.pos_embed.requires_grad and model.pos_embed.grad is None
+    table = model.state_dict()["pos_embed"]
+    assert not table[0, 0].any()                       # CLS slot
+    np.testing.assert_allclose(table[0, 1, :4], [0, 0, 0, 0], atol=1e-7)   # sin(0)
+    np.testing.assert_allclose(table[0, 1, 4:8], [1, 1, 1, 1], atol=1e-7)  # cos(0)
+
+
+# -- backend --------------------------------------------------------------------
+def _run(env_value):
+    env = dict(os.environ, MINIVIT_BACKEND=env_value, CUDA_VISIBLE_DEVICES="")
+    return subprocess.run([sys.executable, "-c", "import minivit"], env=env,
+                          capture_output=True, text=True)
+
+
+def test_unknown_backend_is_value_error():
+    with pytest.raises(ValueError, match="valid values are numpy, cupy"):
+        backend.use("tensorflow")
+    result = _run("jax")
+    assert result.returncode != 0 and "ValueError" in result.stderr
+    assert "valid values are numpy, cupy" in result.stderr
+
+
+def test_cupy_where_it_cannot_run_is_a_clear_error():
+    # Hide every GPU: CuPy (if installed) then sees none; without CuPy the
+    # error says how to install it. Never a silent fallback to NumPy.
+    result = _run("cupy")
+    assert result.returncode != 0
+    assert "RuntimeError" in result.stderr
+    assert "pip install minivit[cuda12]" in result.stderr or "no usable" in result.stderr \
+        or "no GPU is visible" in result.stderr
+
+
+def test_using_restores_backend_and_dtype():
+    before = (backend.name, backend.default_dtype())
+    with backend.using("numpy", dtype="float64"):
+        assert backend.default_dtype() == np.float64
+        assert Linear(2, 2).weight.data.dtype == np.float64
+    assert (backend.name, backend.default_dtype()) == before
+    with pytest.raises(ValueError, match="float32, float64"):
+        backend.set_default_dtype("float16")
