@@ -152,20 +152,23 @@ def load_checkpoint(path) -> dict:
     bad = (f"checkpoint {path!r} is corrupt or not a minivit checkpoint")
     fix = ("; it may be truncated (a copy or download that did not finish) or a "
            "different kind of file: re-copy it, or use an earlier checkpoint")
-    try:
-        npz = numpy.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        # ValueError "pickled data" = neither .npz nor .npy (e.g. a text file)
-        raise CheckpointError(f"{bad} ({type(exc).__name__}: {exc}){fix}") from exc
-    if not isinstance(npz, numpy.lib.npyio.NpzFile):
-        raise CheckpointError(f"{bad}: it holds a single .npy array, not an .npz "
-                              f"archive{fix}")
-    try:
-        data = {key: npz[key] for key in npz.files}  # read everything now
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise CheckpointError(f"{bad} ({type(exc).__name__}: {exc}){fix}") from exc
-    finally:
-        npz.close()
+    # our own file object: np.load leaks its handle when the zip is broken
+    with open(path, "rb") as f:
+        try:
+            npz = numpy.load(f, allow_pickle=False)
+            if not isinstance(npz, numpy.lib.npyio.NpzFile):
+                raise CheckpointError(f"{bad}: it holds a single .npy array, not "
+                                      f"an .npz archive{fix}")
+            with npz:
+                data = {key: npz[key] for key in npz.files}  # read everything now
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
+            if "pickle" in str(exc):
+                # numpy's "pickled data" = neither .npz nor .npy (e.g. a text
+                # file); never unpickle a checkpoint, so don't suggest it
+                raise CheckpointError(f"{bad}: it is not an .npz archive{fix}") from None
+            raise CheckpointError(f"{bad} ({type(exc).__name__}: {exc}){fix}") from exc
 
     if META_KEY not in data:
         raise CheckpointError(

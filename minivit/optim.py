@@ -303,12 +303,14 @@ class Optimizer:
             hyper.append(values)
         # per-parameter state: state.<key>.<buffer>, key may contain dots
         new_state: dict[str, dict] = {}
+        unknown, broken = [], set()
         for skey, value in sd.items():
             if not skey.startswith("state."):
                 continue
             pkey, _, name = skey[len("state."):].rpartition(".")
             if pkey not in params:
-                errors.append(f"state for unknown parameter {pkey!r}")
+                if pkey not in unknown:
+                    unknown.append(pkey)
                 continue
             if name not in self._state_keys:
                 errors.append(f"unknown state entry {skey!r} (a {cls} keeps "
@@ -321,10 +323,13 @@ class Optimizer:
             shape = tuple(params[pkey].data.shape)
             if tuple(value.shape) != shape:
                 errors.append(f"{skey}: expected shape {shape}, got {tuple(value.shape)}")
+                broken.add(pkey)
                 continue
             new_state.setdefault(pkey, {})[name] = value
+        if unknown:
+            errors.append(f"state for parameter(s) not in this optimizer: {unknown}")
         for pkey, st in new_state.items():
-            if set(st) != set(self._state_keys):
+            if pkey not in broken and set(st) != set(self._state_keys):
                 errors.append(f"incomplete state for {pkey!r}: has {sorted(st)}, "
                               f"needs {sorted(self._state_keys)}")
         if errors:
