@@ -23,15 +23,20 @@ from minivit import backend
 from minivit.layers.dropout import Dropout
 from minivit.layers.linear import Linear
 from minivit.module import Module
+from minivit.ops import dot_last, sum_last
 
 
-def softmax(s, axis=-1):
-    """Numerically stable softmax: subtracting the row max changes nothing
-    mathematically but keeps exp() from overflowing."""
+def softmax(scores):
+    """Numerically stable softmax over the last axis, computed in place.
+
+    Subtracting the row max changes nothing mathematically (it cancels in the
+    ratio) but keeps exp() from overflowing. Overwrites and returns ``scores``.
+    """
     xp = backend.xp
-    e = xp.exp(s - s.max(axis=axis, keepdims=True))
-    e /= e.sum(axis=axis, keepdims=True)
-    return e
+    scores -= scores.max(axis=-1, keepdims=True)
+    xp.exp(scores, out=scores)
+    scores /= sum_last(scores)
+    return scores
 
 
 class MultiHeadSelfAttention(Module):
@@ -61,6 +66,7 @@ class MultiHeadSelfAttention(Module):
         self.attn_probs = None
 
     def forward(self, x):
+        xp = backend.xp
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(
                 f"attention expects (B, T, {self.dim}), got shape {tuple(x.shape)}"
@@ -68,35 +74,42 @@ class MultiHeadSelfAttention(Module):
         B, T, D = x.shape
         H, hd = self.heads, self.head_dim
         qkv = self.qkv.forward(x)                                    # (B, T, 3D)
-        # (B, T, 3, H, hd) -> (3, B, H, T, hd): q, k, v each (B, H, T, hd)
+        # (B, T, 3, H, hd) -> (3, B, H, T, hd): q, k, v are views, each (B, H, T, hd)
         q, k, v = qkv.reshape(B, T, 3, H, hd).transpose(2, 0, 3, 1, 4)
-        scores = (q @ k.transpose(0, 1, 3, 2)) * self.scale          # (B, H, T, T)
+        scores = q @ k.transpose(0, 1, 3, 2)                         # (B, H, T, T)
+        scores *= self.scale
         attn = softmax(scores)                                       # (B, H, T, T)
         self.attn_probs = attn
         attn_dropped = self.attn_drop.forward(attn)
-        out = attn_dropped @ v                                       # (B, H, T, hd)
-        merged = out.transpose(0, 2, 1, 3).reshape(B, T, D)          # (B, T, D)
+        # out = a' @ v, written straight into (B, T, H, hd) order so that merging
+        # the heads back into (B, T, D) is a free reshape, not a copy.
+        merged = xp.empty((B, T, H, hd), dtype=x.dtype)
+        xp.matmul(attn_dropped, v, out=merged.transpose(0, 2, 1, 3))
         self.cache = (q, k, v, attn, attn_dropped)
-        return self.proj_drop.forward(self.proj.forward(merged))
+        return self.proj_drop.forward(self.proj.forward(merged.reshape(B, T, D)))
 
     def backward(self, dout):
         xp = backend.xp
         q, k, v, attn, attn_dropped = self._saved()
         B, H, T, hd = q.shape
         dmerged = self.proj.backward(self.proj_drop.backward(dout))  # (B, T, D)
-        dout_heads = dmerged.reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, H, T, hd)
+        dout_heads = dmerged.reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, H, T, hd) view
+        # The gradient of qkv is assembled in place: dq, dk, dv are written into
+        # the (B, T, 3, H, hd) layout that the forward split.
+        dqkv = xp.empty((B, T, 3, H, hd), dtype=q.dtype)
+        dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                   # views, (B, H, T, hd)
         # out = a' @ v
-        dattn_dropped = dout_heads @ v.transpose(0, 1, 3, 2)         # (B, H, T, T)
-        dv = attn_dropped.transpose(0, 1, 3, 2) @ dout_heads         # (B, H, T, hd)
+        dattn_dropped = dout_heads @ v.transpose(0, 1, 3, 2)         # da' = do v^T  (B, H, T, T)
+        xp.matmul(attn_dropped.transpose(0, 1, 3, 2), dout_heads, out=dv)   # dv = a'^T do
         dattn = self.attn_drop.backward(dattn_dropped)
         # a = softmax(s): ds = a * (da - sum(da * a))
-        dscores = attn * (dattn - (dattn * attn).sum(axis=-1, keepdims=True))
+        dscores = dattn                                              # (its buffer, reused)
+        dscores -= dot_last(dattn, attn)
+        dscores *= attn
         dscores *= self.scale                                        # s = (q k^T) * scale
-        dq = dscores @ k                                             # (B, H, T, hd)
-        dk = dscores.transpose(0, 1, 3, 2) @ q                       # (B, H, T, hd)
-        # Inverse of the head split: (3, B, H, T, hd) -> (B, T, 3, H, hd) -> (B, T, 3D)
-        dqkv = xp.stack((dq, dk, dv)).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H * hd)
-        return self.qkv.backward(dqkv)
+        xp.matmul(dscores, k, out=dq)                                # dq = ds k
+        xp.matmul(dscores.transpose(0, 1, 3, 2), q, out=dk)          # dk = ds^T q
+        return self.qkv.backward(dqkv.reshape(B, T, 3 * H * hd))
 
     def extra_repr(self):
         return f"dim={self.dim}, heads={self.heads}"

@@ -31,10 +31,17 @@ class Block(Module):
 
     def forward(self, x):
         self.cache = True
-        x1 = x + self.attn.forward(self.norm1.forward(x))
-        return x1 + self.mlp.forward(self.norm2.forward(x1))
+        # Each branch returns a fresh array, so the residual is added in place.
+        x1 = self.attn.forward(self.norm1.forward(x))
+        x1 += x                                              # x1 = x + attn(norm1(x))
+        y = self.mlp.forward(self.norm2.forward(x1))
+        y += x1                                              # y = x1 + mlp(norm2(x1))
+        return y
 
     def backward(self, dout):
         self._saved()
-        dx1 = dout + self.norm2.backward(self.mlp.backward(dout))
-        return dx1 + self.norm1.backward(self.attn.backward(dx1))
+        dx1 = self.norm2.backward(self.mlp.backward(dout))
+        dx1 += dout                                          # dx1 = dy + d(mlp branch)
+        dx = self.norm1.backward(self.attn.backward(dx1))
+        dx += dx1                                            # dx = dx1 + d(attn branch)
+        return dx

@@ -8,8 +8,9 @@ Forward                               Backward (given dy = dL/dy)
 
 from __future__ import annotations
 
-from minivit import backend, init
+from minivit import init
 from minivit.module import Module, Parameter
+from minivit.ops import sum_rows
 
 
 class Linear(Module):
@@ -34,10 +35,13 @@ class Linear(Module):
                 f"got shape {tuple(x.shape)}"
             )
         self.cache = x
-        y = x @ self.weight.data.T                       # (..., out)
+        # One 2-D matmul over all rows: NumPy's stacked matmul would loop over
+        # the leading dims instead of making one BLAS call.
+        x_rows = x.reshape(-1, self.in_features)               # (R, in)
+        y = x_rows @ self.weight.data.T                        # (R, out)
         if self.bias is not None:
             y += self.bias.data
-        return y
+        return y.reshape(*x.shape[:-1], self.out_features)     # (..., out)
 
     def backward(self, dout):
         x = self._saved()
@@ -46,8 +50,9 @@ class Linear(Module):
         dout_rows = dout.reshape(-1, self.out_features)    # (R, out)
         self.weight.grad += dout_rows.T @ x_rows           # dW = dy^T x   (out, in)
         if self.bias is not None:
-            self.bias.grad += dout_rows.sum(axis=0)        # db = sum_rows dy
-        return dout @ self.weight.data                     # dx = dy W     (..., in)
+            self.bias.grad += sum_rows(dout_rows)           # db = sum_rows dy
+        dx_rows = dout_rows @ self.weight.data             # dx = dy W     (R, in)
+        return dx_rows.reshape(x.shape)
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

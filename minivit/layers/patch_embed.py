@@ -22,6 +22,7 @@ import numpy
 
 from minivit import backend, init
 from minivit.module import Module, Parameter
+from minivit.ops import sum_rows
 
 
 class PatchEmbed(Module):
@@ -111,7 +112,7 @@ class PatchEmbed(Module):
         dout_rows = dout.reshape(-1, self.dim)                      # (B*N, D)
         cols_rows = cols.reshape(-1, cols.shape[-1])                # (B*N, C*P*P)
         self.proj.weight.grad += (dout_rows.T @ cols_rows).reshape(self.proj.weight.shape)
-        self.proj.bias.grad += dout_rows.sum(axis=0)
+        self.proj.bias.grad += sum_rows(dout_rows)
         dcols = dout @ w_flat                                       # (B, N, C*P*P)
         return self.col2im(dcols, x_shape)                          # (B, C, H, W)
 

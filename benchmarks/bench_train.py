@@ -1,0 +1,302 @@
+"""Training and inference throughput of minivit, against PyTorch in the same run.
+
+    python benchmarks/bench_train.py                      # all configurations, 2 threads
+    python benchmarks/bench_train.py --config bench-m --reps 7 --json out.json
+    MINIVIT_BACKEND=cupy python benchmarks/bench_train.py --batch-size 256
+
+For each configuration: a training step (forward + backward + AdamW step) and
+an inference forward, timed after warm-up as the median (and min-max) of
+``--reps`` repetitions. Where torch is installed, the same model is built in
+PyTorch from minivit's ``state_dict`` and timed in the same process with the
+same number of threads, and the ratio minivit / PyTorch is printed. Also
+printed: achieved GFLOP/s (matmul FLOPs of the model, counted analytically),
+the fraction of a large float32 matmul's GFLOP/s measured in this run, and
+the peak memory of a training step (tracemalloc on NumPy, the memory pool on
+CuPy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+CONFIGS = {
+    "mnist-s": dict(model=dict(image_size=28, patch_size=7, in_channels=1, num_classes=10,
+                               dim=64, depth=6, heads=4, mlp_dim=128), batch_size=128),
+    "bench-m": dict(model=dict(image_size=32, patch_size=4, in_channels=3, num_classes=10,
+                               dim=192, depth=6, heads=3, mlp_dim=768), batch_size=64),
+}
+
+
+def mnist_default_config():
+    """The model and batch size that ``examples/train_mnist.py`` uses by default."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(here, "..", "examples"))
+    try:
+        import train_mnist  # noqa: PLC0415
+        args = train_mnist.build_parser().parse_args([])
+    except Exception:  # the example is optional for the benchmark
+        return None
+    finally:
+        sys.path.pop(0)
+    return dict(model=dict(image_size=28, patch_size=args.patch_size, in_channels=1,
+                           num_classes=10, dim=args.dim, depth=args.depth, heads=args.heads,
+                           mlp_dim=args.mlp_dim), batch_size=args.batch_size)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", action="append",
+                   help="configuration(s) to run: mnist-s, bench-m, mnist-default (default: all)")
+    p.add_argument("--batch-size", type=int, default=None, help="override every batch size")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions (>= 5 recommended)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up repetitions")
+    p.add_argument("--threads", type=int, default=2,
+                   help="BLAS / PyTorch threads (default 2, the CI machine's cores)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def matmul_flops(cfg, batch_size):
+    """Multiply-add FLOPs (2 per MAC) of one forward pass: patch projection,
+    qkv, scores, attention-weighted values, proj, fc1, fc2 and the head."""
+    m = cfg
+    grid = m["image_size"] // m["patch_size"]
+    n = grid * grid
+    t = n + 1
+    d, hidden = m["dim"], m["mlp_dim"]
+    patch = 2 * n * (m["in_channels"] * m["patch_size"] ** 2) * d
+    per_block = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d + 2 * 2 * t * d * hidden
+    head = 2 * d * m["num_classes"]
+    return batch_size * (patch + m["depth"] * per_block + head)
+
+
+def time_it(fn, reps, warmup, sync=lambda: None):
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summarise(times, batch_size):
+    med = statistics.median(times)
+    return dict(median_s=med, min_s=min(times), max_s=max(times),
+                images_per_s=batch_size / med, images_per_s_min=batch_size / max(times),
+                images_per_s_max=batch_size / min(times))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # Thread counts must be fixed before NumPy's BLAS starts.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+
+    import numpy as np  # noqa: PLC0415
+
+    from minivit import backend  # noqa: PLC0415
+    from minivit.loss import cross_entropy  # noqa: PLC0415
+    from minivit.optim import AdamW, param_groups_weight_decay  # noqa: PLC0415
+    from minivit.vit import ViT  # noqa: PLC0415
+
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch  # noqa: PLC0415
+            torch.set_num_threads(args.threads)
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from torch_vit import from_minivit  # noqa: PLC0415
+        except ImportError:
+            torch = None
+    on_gpu = backend.name == "cupy"
+    torch_device = "cuda" if (on_gpu and torch is not None and torch.cuda.is_available()) \
+        else "cpu"
+    if on_gpu and torch is not None and torch_device == "cpu":
+        torch = None  # comparing a GPU with PyTorch on the CPU would mislead
+
+    configs = dict(CONFIGS)
+    default = mnist_default_config()
+    if default is not None:
+        configs["mnist-default"] = default
+    names = args.config or list(configs)
+    unknown = [n for n in names if n not in configs]
+    if unknown:
+        raise SystemExit(f"unknown configuration(s) {unknown}; choose from {list(configs)}")
+
+    xp = backend.xp
+    rng = np.random.default_rng(0)
+
+    # The ceiling: a large float32 matmul, measured now, on this machine.
+    size = 4096 if on_gpu else 2048
+    a = backend.to_device(rng.standard_normal((size, size)), "float32")
+    mm_times = time_it(lambda: a @ a, reps=5, warmup=2, sync=backend.synchronize)
+    matmul_gflops = 2 * size ** 3 / statistics.median(mm_times) / 1e9
+    torch_matmul_gflops = None
+    if torch is not None:
+        at = torch.from_numpy(backend.to_numpy(a)).to(torch_device)
+        tsync = torch.cuda.synchronize if torch_device == "cuda" else (lambda: None)
+        tt = time_it(lambda: at @ at, reps=5, warmup=2, sync=tsync)
+        torch_matmul_gflops = 2 * size ** 3 / statistics.median(tt) / 1e9
+    del a
+
+    machine = dict(platform=platform.platform(), processor=platform.processor() or
+                   platform.machine(), cpu_count=os.cpu_count(), threads=args.threads,
+                   backend=backend.name, numpy=np.__version__,
+                   torch=getattr(torch, "__version__", None), torch_device=torch_device)
+    if on_gpu:
+        props = xp.cuda.runtime.getDeviceProperties(0)
+        machine["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) \
+            else str(props["name"])
+    results = dict(machine=machine, matmul_gflops=matmul_gflops,
+                   torch_matmul_gflops=torch_matmul_gflops, matmul_size=size, configs={})
+
+    for name in names:
+        cfg = configs[name]
+        batch = args.batch_size or cfg["batch_size"]
+        mcfg = cfg["model"]
+        model = ViT(**mcfg, seed=0)
+        optimizer = AdamW(param_groups_weight_decay(model.named_parameters(), 0.05), lr=1e-3)
+        x_host = rng.standard_normal((batch, mcfg["in_channels"], mcfg["image_size"],
+                                      mcfg["image_size"])).astype(np.float32)
+        y_host = rng.integers(0, mcfg["num_classes"], size=batch)
+        x, y = backend.to_device(x_host), backend.to_device(y_host)
+
+        def train_step():
+            model.zero_grad()
+            _, dlogits = cross_entropy(model.forward(x), y)
+            model.backward(dlogits)
+            optimizer.step()
+
+        def infer():
+            model.forward(x)
+
+        model.train()
+        train_times = time_it(train_step, args.reps, args.warmup, backend.synchronize)
+        model.eval()
+        infer_times = time_it(infer, args.reps, args.warmup, backend.synchronize)
+        model.train()
+        peak = measure_peak_memory(train_step, backend)
+
+        flops = matmul_flops(mcfg, batch)
+        entry = dict(model=mcfg, batch_size=batch, params=model.num_parameters(),
+                     train=summarise(train_times, batch), infer=summarise(infer_times, batch),
+                     train_flops_per_step=3 * flops, infer_flops_per_step=flops,
+                     peak_train_memory_mb=peak / 2 ** 20)
+        entry["train"]["gflops"] = 3 * flops / entry["train"]["median_s"] / 1e9
+        entry["train"]["fraction_of_matmul"] = entry["train"]["gflops"] / matmul_gflops
+        entry["infer"]["gflops"] = flops / entry["infer"]["median_s"] / 1e9
+
+        if torch is not None:
+            entry["torch"] = bench_torch(torch, from_minivit, model, x_host, y_host,
+                                         torch_device, args, flops)
+            entry["torch"]["train"]["fraction_of_matmul"] = \
+                entry["torch"]["train"]["gflops"] / torch_matmul_gflops
+            entry["ratio_train"] = (entry["train"]["images_per_s"]
+                                    / entry["torch"]["train"]["images_per_s"])
+            entry["ratio_infer"] = (entry["infer"]["images_per_s"]
+                                    / entry["torch"]["infer"]["images_per_s"])
+        results["configs"][name] = entry
+        del model, optimizer
+
+    print_table(results)
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+        os.replace(tmp, args.json)
+        print(f"\nwrote {args.json}")
+    return results
+
+
+def measure_peak_memory(step, backend):
+    """Peak bytes allocated during one training step, beyond what was live before."""
+    if backend.name == "cupy":
+        pool = backend.xp.get_default_memory_pool()
+        backend.synchronize()
+        pool.free_all_blocks()
+        before = pool.used_bytes()
+        step()
+        backend.synchronize()
+        return max(pool.total_bytes() - before, 0)
+    import tracemalloc  # noqa: PLC0415
+    tracemalloc.start()
+    try:
+        step()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak
+
+
+def bench_torch(torch, from_minivit, model, x_host, y_host, device, args, flops):
+    twin = from_minivit(model).to(device)
+    decay = [p for n, p in twin.named_parameters()
+             if p.requires_grad and p.ndim > 1 and n not in ("cls_token", "pos_embed")]
+    no_decay = [p for n, p in twin.named_parameters()
+                if p.requires_grad and not (p.ndim > 1 and n not in ("cls_token", "pos_embed"))]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-3)
+    x = torch.from_numpy(x_host).to(device)
+    y = torch.from_numpy(y_host).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(twin(x), y).backward()
+        opt.step()
+
+    def infer():
+        with torch.no_grad():
+            twin(x)
+
+    batch = x_host.shape[0]
+    twin.train()
+    train = summarise(time_it(train_step, args.reps, args.warmup, sync), batch)
+    twin.eval()
+    infer_s = summarise(time_it(infer, args.reps, args.warmup, sync), batch)
+    train["gflops"] = 3 * flops / train["median_s"] / 1e9
+    infer_s["gflops"] = flops / infer_s["median_s"] / 1e9
+    return dict(train=train, infer=infer_s)
+
+
+def print_table(results):
+    m = results["machine"]
+    print(f"\nmachine: {m['processor']}, {m['cpu_count']} cores, {m['threads']} threads, "
+          f"backend {m['backend']}" + (f" ({m['gpu']})" if "gpu" in m else "")
+          + f", numpy {m['numpy']}, torch {m['torch'] or '-'} ({m['torch_device']})")
+    line = f"large float32 matmul: minivit/xp {results['matmul_gflops']:.0f} GFLOP/s"
+    if results["torch_matmul_gflops"]:
+        line += f", torch {results['torch_matmul_gflops']:.0f} GFLOP/s"
+    print(line + "\n")
+    header = (f"{'config':<14}{'batch':>6}{'train img/s (min-max)':>26}{'torch':>9}{'ratio':>7}"
+              f"{'GFLOP/s':>9}{'%matmul':>8}{'infer img/s':>12}{'torch':>9}{'ratio':>7}"
+              f"{'peak MB':>9}")
+    print(header)
+    print("-" * len(header))
+    for name, e in results["configs"].items():
+        tr, inf = e["train"], e["infer"]
+        span = f"{tr['images_per_s']:.0f} ({tr['images_per_s_min']:.0f}-{tr['images_per_s_max']:.0f})"
+        t = e.get("torch")
+        torch_train = f"{t['train']['images_per_s']:.0f}" if t else "-"
+        torch_infer = f"{t['infer']['images_per_s']:.0f}" if t else "-"
+        ratio_train = f"{e['ratio_train']:.2f}" if t else "-"
+        ratio_infer = f"{e['ratio_infer']:.2f}" if t else "-"
+        print(f"{name:<14}{e['batch_size']:>6}{span:>26}{torch_train:>9}{ratio_train:>7}"
+              f"{tr['gflops']:>9.1f}{100 * tr['fraction_of_matmul']:>7.0f}%"
+              f"{inf['images_per_s']:>12.0f}{torch_infer:>9}{ratio_infer:>7}"
+              f"{e['peak_train_memory_mb']:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
