@@ -15,11 +15,12 @@ class WrongLayerNorm(LayerNorm):
     all-ones upstream gradient does not reveal."""
 
     def backward(self, dout):
-        xhat, rstd = self._saved()
-        self.weight.grad += (dout * xhat).reshape(-1, self.dim).sum(axis=0)
-        self.bias.grad += dout.reshape(-1, self.dim).sum(axis=0)
-        dxhat = dout * self.weight.data
-        return rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True))
+        xhat, rstd = self._saved()                      # (R, D), (R, 1)
+        dout_rows = dout.reshape(-1, self.dim)
+        self.weight.grad += (dout_rows * xhat).sum(axis=0)
+        self.bias.grad += dout_rows.sum(axis=0)
+        dxhat = dout_rows * self.weight.data
+        return (rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True))).reshape(dout.shape)
 
 
 class WrongAttention(MultiHeadSelfAttention):

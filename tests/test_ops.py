@@ -24,3 +24,69 @@ def test_helpers_keep_float32(f32):
     x = randn(4, 6)
     for out in (ops.sum_last(x), ops.mean_last(x), ops.dot_last(x, x), ops.sum_rows(x)):
         assert out.dtype == np.float32
+
+
+def test_parallel_rows_splits_and_matches(monkeypatch):
+    monkeypatch.setattr(ops, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setenv("MINIVIT_NUM_THREADS", "3")
+    x = np.arange(70.0).reshape(7, 10)
+    out = np.zeros_like(x)
+    seen = []
+
+    def kernel(a, b):
+        seen.append(a.shape[0])
+        np.multiply(a, 2.0, out=b)
+
+    ops.parallel_rows(kernel, x, out)
+    np.testing.assert_array_equal(out, 2 * x)
+    assert len(seen) > 1 and sum(seen) == 7
+
+
+def test_parallel_rows_reraises_kernel_errors(monkeypatch):
+    monkeypatch.setattr(ops, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setenv("MINIVIT_NUM_THREADS", "2")
+
+    def kernel(a):
+        raise FloatingPointError("boom")
+
+    import pytest
+    with pytest.raises(FloatingPointError, match="boom"):
+        ops.parallel_rows(kernel, np.zeros((4, 2)))
+
+
+def test_bad_thread_count(monkeypatch):
+    import pytest
+    monkeypatch.setenv("MINIVIT_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="MINIVIT_NUM_THREADS"):
+        ops.num_threads()
+
+
+def test_threaded_layers_equal_serial_and_pass_gradcheck(monkeypatch):
+    """The threaded kernels agree with the serial run (to rounding: SIMD loops
+    may group a block's additions differently), and the whole model still
+    passes the gradient check on the threaded path."""
+    from helpers import randomize_parameters
+
+    from minivit.gradcheck import assert_gradients_ok, check_module
+    from minivit.vit import ViT
+
+    monkeypatch.setenv("MINIVIT_NUM_THREADS", "2")
+    with backend.using("numpy", dtype="float64"):
+        model = ViT(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2,
+                    heads=2, mlp_dim=12)
+        randomize_parameters(model, scale=0.4)
+        x = np.random.default_rng(0).standard_normal((5, 2, 8, 8))
+        dout = np.random.default_rng(1).standard_normal((5, 3))
+        results = []
+        for threshold in (1 << 30, 0):            # serial, then every kernel threaded
+            monkeypatch.setattr(ops, "PARALLEL_MIN_ELEMENTS", threshold)
+            model.zero_grad()
+            logits = model.forward(x)
+            dx = model.backward(dout)
+            results.append((logits, dx, [p.grad.copy() for p in model.parameters()]))
+        (l0, dx0, g0), (l1, dx1, g1) = results
+        np.testing.assert_allclose(l1, l0, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(dx1, dx0, rtol=1e-12, atol=1e-14)
+        for a, b in zip(g0, g1):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+        assert_gradients_ok(check_module(model, x, samples=15))

@@ -18,12 +18,13 @@ ds_i = a_i * (da_i - sum_j a_j da_j).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from minivit import backend
 from minivit.layers.dropout import Dropout
 from minivit.layers.linear import Linear
 from minivit.module import Module
-from minivit.ops import dot_last, sum_last
+from minivit.ops import dot_last, parallel_rows, sum_last
 
 
 def softmax(scores):
@@ -37,6 +38,42 @@ def softmax(scores):
     xp.exp(scores, out=scores)
     scores /= sum_last(scores)
     return scores
+
+
+# The per-head arithmetic as kernels on a block of images (first axis): each
+# writes its results into the arrays it is given, so ``parallel_rows`` can run
+# blocks of the batch on all cores.  Shapes per block: q, k, v, dq, dk, dv
+# (b, H, T, hd); attn, dattn (b, H, T, T).
+
+def scores_softmax_kernel(q, k, attn, scale):
+    """attn = softmax(q k^T * scale)"""
+    backend.xp.matmul(q, k.transpose(0, 1, 3, 2), out=attn)
+    attn *= scale
+    softmax(attn)
+
+
+def weighted_values_kernel(attn, v, out):
+    """out = attn @ v"""
+    backend.xp.matmul(attn, v, out=out)
+
+
+def values_backward_kernel(dout_heads, v, attn_dropped, dattn_dropped, dv):
+    """out = a' v:  da' = do v^T,  dv = a'^T do"""
+    xp = backend.xp
+    xp.matmul(dout_heads, v.transpose(0, 1, 3, 2), out=dattn_dropped)
+    xp.matmul(attn_dropped.transpose(0, 1, 3, 2), dout_heads, out=dv)
+
+
+def scores_backward_kernel(dattn, attn, q, k, dq, dk, scale):
+    """a = softmax(s), s = q k^T * scale:
+    ds = a * (da - sum(da * a)) * scale (in place in dattn),  dq = ds k,  dk = ds^T q"""
+    xp = backend.xp
+    dscores = dattn
+    dscores -= dot_last(dattn, attn)
+    dscores *= attn
+    dscores *= scale
+    xp.matmul(dscores, k, out=dq)
+    xp.matmul(dscores.transpose(0, 1, 3, 2), q, out=dk)
 
 
 class MultiHeadSelfAttention(Module):
@@ -76,15 +113,14 @@ class MultiHeadSelfAttention(Module):
         qkv = self.qkv.forward(x)                                    # (B, T, 3D)
         # (B, T, 3, H, hd) -> (3, B, H, T, hd): q, k, v are views, each (B, H, T, hd)
         q, k, v = qkv.reshape(B, T, 3, H, hd).transpose(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(0, 1, 3, 2)                         # (B, H, T, T)
-        scores *= self.scale
-        attn = softmax(scores)                                       # (B, H, T, T)
-        self.attn_probs = attn
-        attn_dropped = self.attn_drop.forward(attn)
+        attn = xp.empty((B, H, T, T), dtype=x.dtype)
+        parallel_rows(partial(scores_softmax_kernel, scale=self.scale), q, k, attn)
+        self.attn_probs = attn                                       # a = softmax(q k^T * scale)
+        attn_dropped = self.attn_drop.forward(attn)                  # a' = dropout(a)
         # out = a' @ v, written straight into (B, T, H, hd) order so that merging
         # the heads back into (B, T, D) is a free reshape, not a copy.
         merged = xp.empty((B, T, H, hd), dtype=x.dtype)
-        xp.matmul(attn_dropped, v, out=merged.transpose(0, 2, 1, 3))
+        parallel_rows(weighted_values_kernel, attn_dropped, v, merged.transpose(0, 2, 1, 3))
         self.cache = (q, k, v, attn, attn_dropped)
         return self.proj_drop.forward(self.proj.forward(merged.reshape(B, T, D)))
 
@@ -98,17 +134,11 @@ class MultiHeadSelfAttention(Module):
         # the (B, T, 3, H, hd) layout that the forward split.
         dqkv = xp.empty((B, T, 3, H, hd), dtype=q.dtype)
         dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                   # views, (B, H, T, hd)
-        # out = a' @ v
-        dattn_dropped = dout_heads @ v.transpose(0, 1, 3, 2)         # da' = do v^T  (B, H, T, T)
-        xp.matmul(attn_dropped.transpose(0, 1, 3, 2), dout_heads, out=dv)   # dv = a'^T do
-        dattn = self.attn_drop.backward(dattn_dropped)
-        # a = softmax(s): ds = a * (da - sum(da * a))
-        dscores = dattn                                              # (its buffer, reused)
-        dscores -= dot_last(dattn, attn)
-        dscores *= attn
-        dscores *= self.scale                                        # s = (q k^T) * scale
-        xp.matmul(dscores, k, out=dq)                                # dq = ds k
-        xp.matmul(dscores.transpose(0, 1, 3, 2), q, out=dk)          # dk = ds^T q
+        dattn_dropped = xp.empty_like(attn)
+        parallel_rows(values_backward_kernel, dout_heads, v, attn_dropped, dattn_dropped, dv)
+        dattn = self.attn_drop.backward(dattn_dropped)               # da
+        parallel_rows(partial(scores_backward_kernel, scale=self.scale),
+                      dattn, attn, q, k, dq, dk)
         return self.qkv.backward(dqkv.reshape(B, T, 3 * H * hd))
 
     def extra_repr(self):

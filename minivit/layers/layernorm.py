@@ -13,13 +13,44 @@ through mu (hence -mean(dxhat)) and through var (hence -xhat*mean(dxhat*xhat)).
 Two row means need no (R, D) temporary of their own, because dxhat = dy * gamma:
 mean(dxhat) = dy @ gamma / D and mean(dxhat * xhat) = (dy * xhat) @ gamma / D,
 and dy * xhat is needed for dgamma anyway.
+
+Each row is independent, so the row-wise work is written as kernels on a
+block of rows, which ``parallel_rows`` runs on every core.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from minivit import backend, init
 from minivit.module import Module, Parameter
-from minivit.ops import dot_last, mean_last, sum_rows
+from minivit.ops import dot_last, mean_last, parallel_rows, sum_rows
+
+
+def layernorm_forward_kernel(x, xhat, rstd, y, gamma, beta, eps):
+    """Rows (R, D): write xhat, rstd (R, 1) and y = xhat * gamma + beta."""
+    xp = backend.xp
+    D = x.shape[-1]
+    xp.subtract(x, mean_last(x), out=xhat)                  # x - mu
+    var = dot_last(xhat, xhat) / D                          # mean((x - mu)^2)
+    xp.sqrt(var + eps, out=rstd)
+    xp.divide(1.0, rstd, out=rstd)                          # rstd = 1 / sqrt(var + eps)
+    xhat *= rstd                                            # xhat = (x - mu) * rstd
+    xp.multiply(xhat, gamma, out=y)
+    y += beta                                               # y = xhat * gamma + beta
+
+
+def layernorm_backward_kernel(dout, xhat, rstd, dout_xhat, dx, gamma):
+    """Rows (R, D): write dout_xhat = dy * xhat (for dgamma) and dx."""
+    xp = backend.xp
+    D = dout.shape[-1]
+    xp.multiply(dout, xhat, out=dout_xhat)                  # dy * xhat
+    mean_dxhat = (dout @ gamma)[:, None] / D                # mean(dxhat)          (R, 1)
+    mean_dxhat_xhat = (dout_xhat @ gamma)[:, None] / D      # mean(dxhat * xhat)   (R, 1)
+    xp.multiply(dout, gamma, out=dx)                        # dxhat
+    dx -= mean_dxhat
+    dx -= xhat * mean_dxhat_xhat
+    dx *= rstd                                              # dx = rstd * (...)
 
 
 class LayerNorm(Module):
@@ -38,31 +69,24 @@ class LayerNorm(Module):
             raise ValueError(
                 f"LayerNorm expected last dimension {self.dim}, got shape {tuple(x.shape)}"
             )
-        xhat = x - mean_last(x)                             # x - mu        (..., D)
-        var = dot_last(xhat, xhat) / self.dim               # mean((x - mu)^2)  (..., 1)
-        rstd = 1.0 / xp.sqrt(var + self.eps)                # (..., 1)
-        xhat *= rstd                                        # xhat = (x - mu) * rstd
+        x_rows = x.reshape(-1, self.dim)                    # (R, D)
+        xhat = xp.empty_like(x_rows)
+        rstd = xp.empty((x_rows.shape[0], 1), dtype=x.dtype)
+        y = xp.empty_like(x_rows)
+        parallel_rows(partial(layernorm_forward_kernel, gamma=self.weight.data,
+                              beta=self.bias.data, eps=self.eps), x_rows, xhat, rstd, y)
         self.cache = (xhat, rstd)
-        y = xhat * self.weight.data
-        y += self.bias.data
-        return y
+        return y.reshape(x.shape)
 
     def backward(self, dout):
         xp = backend.xp
         xhat, rstd = self._saved()
-        D = self.dim
-        gamma = self.weight.data
-        dout_rows = dout.reshape(-1, D)                     # (R, D)
-        xhat_rows = xhat.reshape(-1, D)
-        dout_xhat = dout_rows * xhat_rows                   # dy * xhat     (R, D)
+        dout_rows = dout.reshape(-1, self.dim)              # (R, D)
+        dout_xhat, dx = xp.empty_like(dout_rows), xp.empty_like(dout_rows)
+        parallel_rows(partial(layernorm_backward_kernel, gamma=self.weight.data),
+                      dout_rows, xhat, rstd, dout_xhat, dx)
         self.weight.grad += sum_rows(dout_xhat)             # dgamma = sum_rows dy * xhat
         self.bias.grad += sum_rows(dout_rows)               # dbeta  = sum_rows dy
-        mean_dxhat = (dout_rows @ gamma)[:, None] / D       # mean(dxhat)          (R, 1)
-        mean_dxhat_xhat = (dout_xhat @ gamma)[:, None] / D  # mean(dxhat * xhat)   (R, 1)
-        dx = dout_rows * gamma                              # dxhat                (R, D)
-        dx -= mean_dxhat
-        dx -= xp.multiply(xhat_rows, mean_dxhat_xhat, out=dout_xhat)  # reuses the buffer
-        dx *= rstd.reshape(-1, 1)
         return dx.reshape(dout.shape)
 
     def extra_repr(self):
