@@ -148,7 +148,6 @@ def main(argv=None):
         tsync = torch.cuda.synchronize if torch_device == "cuda" else (lambda: None)
         tt = time_it(lambda: at @ at, reps=5, warmup=2, sync=tsync)
         torch_matmul_gflops = 2 * size ** 3 / statistics.median(tt) / 1e9
-    del a
 
     machine = dict(platform=platform.platform(), processor=platform.processor() or
                    platform.machine(), cpu_count=os.cpu_count(), threads=args.threads,
@@ -207,7 +206,6 @@ def main(argv=None):
             entry["ratio_infer"] = (entry["infer"]["images_per_s"]
                                     / entry["torch"]["infer"]["images_per_s"])
         results["configs"][name] = entry
-        del model, optimizer
 
     print_table(results)
     if args.json:

@@ -1,8 +1,16 @@
-"""minivit: a Vision Transformer written from scratch, every gradient proven."""
+"""minivit: a Vision Transformer written from scratch, every gradient proven.
+
+Start with :class:`minivit.vit.ViT`, the layers in :mod:`minivit.layers`,
+the loss in :mod:`minivit.loss` and the checker in :mod:`minivit.gradcheck`.
+"""
 
 from minivit import backend
+from minivit.gradcheck import check_gradients, check_module
+from minivit.loss import cross_entropy
 from minivit.module import Module, ModuleList, Parameter
+from minivit.vit import ViT
 
 __version__ = "0.1.0"
 
-__all__ = ["backend", "Module", "ModuleList", "Parameter", "__version__"]
+__all__ = ["backend", "Module", "ModuleList", "Parameter", "ViT", "check_gradients",
+           "check_module", "cross_entropy", "__version__"]

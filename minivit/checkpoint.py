@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections import OrderedDict
 
 import numpy
 
 from minivit import backend
+from minivit.atomic import atomic_write
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
 
@@ -68,20 +68,6 @@ def _host_arrays(prefix: str, state: dict, what: str) -> dict:
     return out
 
 
-def _fsync_dir(directory: str) -> None:
-    """Make the rename itself durable (POSIX); harmless where unsupported."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path, model_state: dict, optimizer_state: dict | None = None,
                     epoch: int = 0, config: dict | None = None,
                     rng_state: dict | None = None, extra: dict | None = None) -> str:
@@ -109,26 +95,9 @@ def save_checkpoint(path, model_state: dict, optimizer_state: dict | None = None
     }
     arrays[META_KEY] = numpy.array(json.dumps(meta, default=_json_default))
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # same directory => same filesystem => os.replace is an atomic rename
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # a file object, not a name: np.savez would append ".npz" to a name
-            numpy.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # also on KeyboardInterrupt: never leave a half-written temp behind
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    with atomic_write(path) as f:
+        # a file object, not a name: np.savez would append ".npz" to a name
+        numpy.savez(f, **arrays)
     return path
 
 

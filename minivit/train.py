@@ -40,7 +40,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from typing import Sequence
@@ -48,6 +47,7 @@ from typing import Sequence
 import numpy as np
 
 from minivit import backend
+from minivit.atomic import save_figure, write_text
 from minivit.checkpoint import load_checkpoint, save_checkpoint
 from minivit.data import augment as augment_batch
 from minivit.data import iterate_batches
@@ -222,27 +222,6 @@ def _new_figure(**kwargs):
     return fig
 
 
-def _save_figure_atomic(fig, path) -> str:
-    """Write a PNG to a temp file next to ``path``, then rename it in place,
-    so a reader (or a crash) never sees a half-written image."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.chmod(tmp, 0o644)   # mkstemp makes 0600; plots are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
 def plot_curves(history: Sequence[dict], path) -> str | None:
     """Loss and accuracy (train and test) against the epoch, side by side.
 
@@ -264,7 +243,7 @@ def plot_curves(history: Sequence[dict], path) -> str | None:
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
-    return _save_figure_atomic(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path,
@@ -292,7 +271,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path,
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if cm[i, j] > threshold else "black")
     fig.tight_layout()
-    return _save_figure_atomic(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 # --------------------------------------------------------------------------
@@ -306,22 +285,6 @@ def format_duration(seconds: float) -> str:
     h, s = divmod(s, 3600)
     m, s = divmod(s, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)   # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:
@@ -520,7 +483,7 @@ class Trainer:
         # metrics.jsonl may hold epochs after the checkpoint (a crash between
         # the two writes): rewrite it from the checkpoint's history.
         os.makedirs(self.out_dir, exist_ok=True)
-        _write_text_atomic(self.path("metrics.jsonl"),
+        write_text(self.path("metrics.jsonl"),
                            "".join(json.dumps(h) + "\n" for h in self.history))
         return self.epoch
 
@@ -541,7 +504,7 @@ class Trainer:
         os.makedirs(self.out_dir, exist_ok=True)
         if self.epoch == 0:
             # a new run: start metrics.jsonl afresh
-            _write_text_atomic(self.path("metrics.jsonl"), "")
+            write_text(self.path("metrics.jsonl"), "")
         end = self.config.epochs if stop_after is None else min(stop_after, self.config.epochs)
         session_start = time.perf_counter()
         for epoch in range(self.epoch + 1, end + 1):

@@ -21,11 +21,11 @@ patches.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
 from minivit import backend
+from minivit.atomic import save_figure as atomic_save_figure
 
 __all__ = [
     "load_model",
@@ -256,28 +256,8 @@ def _figure(**kwargs):
 
 
 def save_figure(fig, path) -> str:
-    """Write ``fig`` as a PNG to ``path`` atomically; returns the path.
-
-    The PNG goes to a temporary file in the same folder first and is renamed
-    over ``path`` with ``os.replace``, so a viewer (or a crash) never sees a
-    half-written image.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", suffix=".png",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=fig.dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    """Write ``fig`` as a PNG atomically (temp file + rename); returns the path."""
+    return atomic_save_figure(fig, path, dpi=fig.dpi, bbox_inches="tight")
 
 
 def _display_image(img) -> tuple[np.ndarray, str | None]:
