@@ -57,7 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=5, help="timed repetitions (>= 5 recommended)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up repetitions")
     p.add_argument("--threads", type=int, default=2,
-                   help="BLAS / PyTorch threads (default 2, the CI machine's cores)")
+                   help="threads for BLAS, minivit's kernels and PyTorch alike "
+                        "(default 2, the CI machine's cores)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     return p.parse_args(argv)
@@ -100,7 +101,8 @@ def summarise(times, batch_size):
 def main(argv=None):
     args = parse_args(argv)
     # Thread counts must be fixed before NumPy's BLAS starts.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "MINIVIT_NUM_THREADS"):
         os.environ[var] = str(args.threads)
 
     import numpy as np  # noqa: PLC0415
@@ -180,27 +182,37 @@ def main(argv=None):
         def infer():
             model.forward(x)
 
-        model.train()
-        train_times = time_it(train_step, args.reps, args.warmup, backend.synchronize)
-        model.eval()
-        infer_times = time_it(infer, args.reps, args.warmup, backend.synchronize)
+        flops = matmul_flops(mcfg, batch)
+        steps = {"minivit": (train_step, infer, backend.synchronize, model.train, model.eval)}
+        if torch is not None:
+            steps["torch"] = torch_steps(torch, from_minivit, model, x_host, y_host,
+                                         torch_device)
+        # Alternate the contestants rep by rep, so that a slow moment of the
+        # machine hurts both alike instead of whichever ran then.
+        timings = {}
+        for phase, index, set_mode in (("train", 0, 3), ("infer", 1, 4)):
+            for who in steps:
+                steps[who][set_mode]()
+            times = interleaved({who: (s_[index], s_[2]) for who, s_ in steps.items()},
+                                args.reps, args.warmup)
+            for who, t in times.items():
+                timings.setdefault(who, {})[phase] = summarise(t, batch)
         model.train()
         peak = measure_peak_memory(train_step, backend)
 
-        flops = matmul_flops(mcfg, batch)
         entry = dict(model=mcfg, batch_size=batch, params=model.num_parameters(),
-                     train=summarise(train_times, batch), infer=summarise(infer_times, batch),
+                     train=timings["minivit"]["train"], infer=timings["minivit"]["infer"],
                      train_flops_per_step=3 * flops, infer_flops_per_step=flops,
                      peak_train_memory_mb=peak / 2 ** 20)
-        entry["train"]["gflops"] = 3 * flops / entry["train"]["median_s"] / 1e9
-        entry["train"]["fraction_of_matmul"] = entry["train"]["gflops"] / matmul_gflops
-        entry["infer"]["gflops"] = flops / entry["infer"]["median_s"] / 1e9
-
-        if torch is not None:
-            entry["torch"] = bench_torch(torch, from_minivit, model, x_host, y_host,
-                                         torch_device, args, flops)
-            entry["torch"]["train"]["fraction_of_matmul"] = \
-                entry["torch"]["train"]["gflops"] / torch_matmul_gflops
+        for who, ceiling in (("minivit", matmul_gflops), ("torch", torch_matmul_gflops)):
+            if who not in timings:
+                continue
+            t = timings[who]
+            t["train"]["gflops"] = 3 * flops / t["train"]["median_s"] / 1e9
+            t["train"]["fraction_of_matmul"] = t["train"]["gflops"] / ceiling
+            t["infer"]["gflops"] = flops / t["infer"]["median_s"] / 1e9
+        if "torch" in timings:
+            entry["torch"] = timings["torch"]
             entry["ratio_train"] = (entry["train"]["images_per_s"]
                                     / entry["torch"]["train"]["images_per_s"])
             entry["ratio_infer"] = (entry["infer"]["images_per_s"]
@@ -237,7 +249,9 @@ def measure_peak_memory(step, backend):
     return peak
 
 
-def bench_torch(torch, from_minivit, model, x_host, y_host, device, args, flops):
+def torch_steps(torch, from_minivit, model, x_host, y_host, device):
+    """The PyTorch twin's (train_step, infer, sync, train_mode, eval_mode), same
+    weights, same batch, AdamW with the same decay groups."""
     twin = from_minivit(model).to(device)
     decay = [p for n, p in twin.named_parameters()
              if p.requires_grad and p.ndim > 1 and n not in ("cls_token", "pos_embed")]
@@ -258,14 +272,24 @@ def bench_torch(torch, from_minivit, model, x_host, y_host, device, args, flops)
         with torch.no_grad():
             twin(x)
 
-    batch = x_host.shape[0]
-    twin.train()
-    train = summarise(time_it(train_step, args.reps, args.warmup, sync), batch)
-    twin.eval()
-    infer_s = summarise(time_it(infer, args.reps, args.warmup, sync), batch)
-    train["gflops"] = 3 * flops / train["median_s"] / 1e9
-    infer_s["gflops"] = flops / infer_s["median_s"] / 1e9
-    return dict(train=train, infer=infer_s)
+    return train_step, infer, sync, twin.train, twin.eval
+
+
+def interleaved(contestants, reps, warmup):
+    """``{name: (fn, sync)}`` -> ``{name: [seconds, ...]}``, timing one rep of
+    each in turn."""
+    for fn, sync in contestants.values():
+        for _ in range(warmup):
+            fn()
+        sync()
+    times = {name: [] for name in contestants}
+    for _ in range(reps):
+        for name, (fn, sync) in contestants.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def print_table(results):

@@ -24,7 +24,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=25)
     args = p.parse_args(argv)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "MINIVIT_NUM_THREADS"):
         os.environ[var] = str(args.threads)
     import numpy as np  # noqa: PLC0415
 

@@ -1,0 +1,44 @@
+"""The benchmark runs (without and, where installed, with PyTorch) and its
+FLOP count is right."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import bench_train  # noqa: E402
+
+
+def test_matmul_flops_by_hand():
+    cfg = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=6, depth=1,
+               heads=2, mlp_dim=10)
+    n, t, d, m = 4, 5, 6, 10
+    patch = 2 * n * (2 * 16) * d
+    block = 2 * t * d * 3 * d + 2 * (2 * t * t * d) + 2 * t * d * d + 2 * (2 * t * d * m)
+    head = 2 * d * 3
+    assert bench_train.matmul_flops(cfg, batch_size=7) == 7 * (patch + block + head)
+
+
+@pytest.mark.parametrize("use_torch", [False, True], ids=["numpy-only", "with-torch"])
+def test_benchmark_smoke(tmp_path, capsys, monkeypatch, use_torch):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "MINIVIT_NUM_THREADS"):
+        monkeypatch.setenv(var, "2")      # the benchmark sets these; restore after
+    if use_torch:
+        pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    argv = ["--config", "mnist-s", "--batch-size", "8", "--reps", "1", "--warmup", "0",
+            "--json", str(out)]
+    if not use_torch:
+        argv.append("--no-torch")
+    results = bench_train.main(argv)
+    entry = results["configs"]["mnist-s"]
+    assert entry["train"]["images_per_s"] > 0 and entry["infer"]["images_per_s"] > 0
+    assert 0 < entry["train"]["fraction_of_matmul"]
+    assert entry["peak_train_memory_mb"] > 0
+    assert ("ratio_train" in entry) == use_torch
+    assert json.loads(out.read_text())["configs"]["mnist-s"]["batch_size"] == 8
+    table = capsys.readouterr().out
+    assert "mnist-s" in table and "GFLOP/s" in table
