@@ -23,6 +23,14 @@ Two modes:
   sum_i <grad_i, u_i>. Cost: two forward passes in all, so it scales to big
   tensors; each call checks a different random combination.
 
+The two-point difference above has an error of order h^2 * f'''. Where the
+function curves sharply (LayerNorm on a row of tiny variance, as a freshly
+initialised CLS token gives) that can exceed 1e-6; ``order=4`` then uses
+
+    dL/dtheta_i  ~=  (8 (L(+h) - L(-h)) - (L(+2h) - L(-2h))) / (12 h)        (error ~ h^4)
+
+at twice the cost.
+
 Everything must be float64: in float32 the finite differences themselves are
 only good to ~1e-3. Build the module inside ``backend.using(dtype="float64")``.
 
@@ -39,8 +47,18 @@ import numpy
 
 from minivit import backend
 
-DEFAULT_EPS = 1e-5
+DEFAULT_EPS = {2: 1e-5, 4: 1e-4}      # step h for each order of the difference
 DEFAULT_TOL = 1e-6
+
+
+def central_difference(loss_at, eps: float, order: int = 2) -> float:
+    """dL/dt at t = 0 from ``loss_at(t)``, the loss with the perturbation t applied."""
+    if order == 2:
+        return (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+    if order == 4:
+        return (8 * (loss_at(eps) - loss_at(-eps))
+                - (loss_at(2 * eps) - loss_at(-2 * eps))) / (12 * eps)
+    raise ValueError(f"order must be 2 or 4, got {order!r}")
 
 
 @dataclass
@@ -71,8 +89,9 @@ class GradcheckReport:
 
 
 def check_gradients(loss_fn, tensors: dict, analytic: dict, mode: str = "elementwise",
-                    samples: int | None = None, eps: float = DEFAULT_EPS,
-                    tol: float = DEFAULT_TOL, seed: int = 0) -> GradcheckReport:
+                    samples: int | None = None, eps: float | None = None,
+                    tol: float = DEFAULT_TOL, seed: int = 0,
+                    order: int = 2) -> GradcheckReport:
     """Check ``analytic[name] == dL/dtensors[name]`` for every name.
 
     Args:
@@ -83,6 +102,8 @@ def check_gradients(loss_fn, tensors: dict, analytic: dict, mode: str = "element
         mode: "elementwise" or "direction".
         samples: elementwise mode only: check this many random elements per
             tensor instead of all of them.
+        eps: the step h (default 1e-5 for order 2, 1e-4 for order 4).
+        order: 2 (two-point central difference) or 4 (four-point, see above).
     """
     if mode not in ("elementwise", "direction"):
         raise ValueError(f"mode must be 'elementwise' or 'direction', got {mode!r}")
@@ -95,13 +116,16 @@ def check_gradients(loss_fn, tensors: dict, analytic: dict, mode: str = "element
         if tuple(analytic[name].shape) != tuple(t.shape):
             raise ValueError(f"analytic gradient for {name!r} has shape "
                              f"{tuple(analytic[name].shape)}, tensor has {tuple(t.shape)}")
+    if order not in DEFAULT_EPS:
+        raise ValueError(f"order must be 2 or 4, got {order!r}")
+    eps = DEFAULT_EPS[order] if eps is None else eps
     rng = numpy.random.default_rng(seed)
     if mode == "direction":
-        return _check_direction(loss_fn, tensors, analytic, eps, tol, rng)
-    return _check_elementwise(loss_fn, tensors, analytic, samples, eps, tol, rng)
+        return _check_direction(loss_fn, tensors, analytic, eps, order, tol, rng)
+    return _check_elementwise(loss_fn, tensors, analytic, samples, eps, order, tol, rng)
 
 
-def _check_elementwise(loss_fn, tensors, analytic, samples, eps, tol, rng):
+def _check_elementwise(loss_fn, tensors, analytic, samples, eps, order, tol, rng):
     worst = GradcheckReport("elementwise", 0.0, "", (), 0.0, 0.0, tol)
     for name, t in tensors.items():
         grad = backend.to_numpy(analytic[name]).astype(numpy.float64)
@@ -114,12 +138,13 @@ def _check_elementwise(loss_fn, tensors, analytic, samples, eps, tol, rng):
         for flat in flat_indices:
             index = numpy.unravel_index(int(flat), t.shape)
             original = float(t[index])
-            t[index] = original + eps
-            loss_plus = loss_fn()
-            t[index] = original - eps
-            loss_minus = loss_fn()
+
+            def loss_at(delta):
+                t[index] = original + delta
+                return loss_fn()
+
+            numeric = central_difference(loss_at, eps, order)
             t[index] = original
-            numeric = (loss_plus - loss_minus) / (2 * eps)
             a = float(grad[index])
             denom = max(abs(a), abs(numeric), floor, 1e-300)
             err = abs(a - numeric) / denom
@@ -133,23 +158,21 @@ def _check_elementwise(loss_fn, tensors, analytic, samples, eps, tol, rng):
     return worst
 
 
-def _check_direction(loss_fn, tensors, analytic, eps, tol, rng):
+def _check_direction(loss_fn, tensors, analytic, eps, order, tol, rng):
     xp = backend.xp
     directions = {n: rng.standard_normal(t.shape) for n, t in tensors.items()}
     norm = numpy.sqrt(sum(float((d * d).sum()) for d in directions.values()))
     directions = {n: backend.to_device(d / norm, numpy.float64) for n, d in directions.items()}
     originals = {n: t.copy() for n, t in tensors.items()}
 
-    for n, t in tensors.items():
-        t += eps * directions[n]
-    loss_plus = loss_fn()
-    for n, t in tensors.items():
-        t[...] = originals[n] - eps * directions[n]
-    loss_minus = loss_fn()
+    def loss_at(delta):
+        for n, t in tensors.items():
+            t[...] = originals[n] + delta * directions[n]
+        return loss_fn()
+
+    numeric = central_difference(loss_at, eps, order)
     for n, t in tensors.items():
         t[...] = originals[n]
-
-    numeric = (loss_plus - loss_minus) / (2 * eps)
     per_tensor = {n: float(xp.sum(xp.asarray(analytic[n], dtype=numpy.float64) * directions[n]))
                   for n in tensors}
     a = sum(per_tensor.values())
@@ -159,8 +182,8 @@ def _check_direction(loss_fn, tensors, analytic, eps, tol, rng):
 
 
 def check_module(module, x, dout=None, mode: str = "elementwise", samples: int | None = None,
-                 eps: float = DEFAULT_EPS, tol: float = DEFAULT_TOL, seed: int = 0,
-                 check_input: bool = True) -> GradcheckReport:
+                 eps: float | None = None, tol: float = DEFAULT_TOL, seed: int = 0,
+                 check_input: bool = True, order: int = 2) -> GradcheckReport:
     """Check ``module.backward`` for its input and every trainable parameter.
 
     L = sum(module.forward(x) * dout) with ``dout`` random normal (mixed signs)
@@ -197,7 +220,7 @@ def check_module(module, x, dout=None, mode: str = "elementwise", samples: int |
             return float((forward() * dout).sum())
 
         return check_gradients(loss_fn, tensors, analytic, mode=mode, samples=samples,
-                               eps=eps, tol=tol, seed=seed)
+                               eps=eps, tol=tol, seed=seed, order=order)
     finally:
         backend._host_rng, backend._device_rng = saved_rngs
 

@@ -82,6 +82,22 @@ def test_all_ones_upstream_gradient_hides_layernorm_bug(f64):
                            backend.to_numpy(right.backward(random_dout)), atol=1e-3)
 
 
+def test_central_difference_orders():
+    import math
+
+    from minivit.gradcheck import central_difference
+
+    def f(t):
+        return math.exp(1.0 + t)                          # f'(0) = e
+
+    err2 = abs(central_difference(f, 1e-2, order=2) - math.e)
+    err4 = abs(central_difference(f, 1e-2, order=4) - math.e)
+    assert err2 == pytest.approx(math.e * 1e-4 / 6, rel=1e-2)     # h^2 f(3) / 6
+    assert err4 < 1e-9 < err2
+    with pytest.raises(ValueError, match="order must be 2 or 4"):
+        central_difference(f, 1e-2, order=3)
+
+
 def test_report_names_tensor_and_index(f64):
     layer = WrongBiasLinear(5, 3)
     randomize_parameters(layer)
