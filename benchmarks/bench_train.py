@@ -187,8 +187,8 @@ def main(argv=None):
         if torch is not None:
             steps["torch"] = torch_steps(torch, from_minivit, model, x_host, y_host,
                                          torch_device)
-        # Alternate the contestants rep by rep, so that a slow moment of the
-        # machine hurts both alike instead of whichever ran then.
+        # The contestants take turns (see ``interleaved``), so that a slow
+        # moment of the machine hurts both alike instead of whichever ran then.
         timings = {}
         for phase, index, set_mode in (("train", 0, 3), ("infer", 1, 4)):
             for who in steps:
@@ -275,20 +275,19 @@ def torch_steps(torch, from_minivit, model, x_host, y_host, device):
     return train_step, infer, sync, twin.train, twin.eval
 
 
-def interleaved(contestants, reps, warmup):
-    """``{name: (fn, sync)}`` -> ``{name: [seconds, ...]}``, timing one rep of
-    each in turn."""
-    for fn, sync in contestants.values():
-        for _ in range(warmup):
-            fn()
-        sync()
+def interleaved(contestants, reps, warmup, rounds=2):
+    """``{name: (fn, sync)}`` -> ``{name: [seconds, ...]}``.
+
+    The contestants take turns in blocks (``rounds`` blocks each, every block
+    warmed up first), so a slow spell of the machine falls on both. Blocks
+    rather than single reps: BLAS and OpenMP worker threads keep spinning for
+    a while after a call, and would steal the cores from whoever runs next.
+    """
     times = {name: [] for name in contestants}
-    for _ in range(reps):
+    per_round = [reps // rounds + (1 if r < reps % rounds else 0) for r in range(rounds)]
+    for n in per_round:
         for name, (fn, sync) in contestants.items():
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
+            times[name] += time_it(fn, n, warmup, sync)
     return times
 
 
