@@ -90,3 +90,20 @@ def test_threaded_layers_equal_serial_and_pass_gradcheck(monkeypatch):
         for a, b in zip(g0, g1):
             np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
         assert_gradients_ok(check_module(model, x, samples=15))
+
+
+def test_fast_softmax_equals_reference(f64):
+    from minivit.layers.attention import softmax, softmax_of_score_matrices
+    xp = backend.xp
+    scores = randn(3, 2, 5, 6, seed=3, scale=4.0)
+    # Rows far apart inside one matrix: matrix-max shifting alone would
+    # underflow the low rows; the fallback must make them exact too.
+    scores[0, 1] += backend.to_device(np.arange(5.0)[:, None] * 1000.0)
+    scores[2, 0, 3] -= 5000.0
+    expected = softmax(scores.copy())
+    out = xp.empty_like(scores)
+    softmax_of_score_matrices(scores.copy(), out=out)
+    np.testing.assert_allclose(backend.to_numpy(out), backend.to_numpy(expected),
+                               rtol=1e-12, atol=1e-300)
+    assert np.isfinite(backend.to_numpy(out)).all()
+    np.testing.assert_allclose(backend.to_numpy(out).sum(-1), 1.0, rtol=1e-12)
