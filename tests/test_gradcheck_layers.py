@@ -146,3 +146,10 @@ def test_small_vit_default_init_every_element(f64):
     report = check_module(model, randn(2, 1, 8, 8, seed=16), tol=TOL, order=4)
     assert_gradients_ok(report)
     assert set(report.per_tensor) == {"input"} | {n for n, _ in model.named_parameters()}
+
+
+def test_gelu_backward_after_eval_forward(f64):
+    """In eval mode the forward keeps x rather than dy/dx; backward still works
+    (input gradients of a model in eval mode, e.g. for saliency maps)."""
+    layer = GELU().eval()
+    _check_both_modes(layer, randn(4, 9, seed=17, scale=2.5))

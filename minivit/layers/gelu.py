@@ -5,10 +5,12 @@ Forward                                   Backward (given dy)
   t = tanh(u)                               dt/du = 1 - t^2
   y = 0.5 x (1 + t)                         dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx
 
-The two kernels below evaluate these formulas with in-place operations on
-the buffers they are given (on large activations every temporary array is a
-full trip through memory, which costs more than the arithmetic), and
-``parallel_rows`` runs them on blocks of rows on every core.
+dy/dx depends only on x, so in training mode the forward kernel computes it
+right away, while x and t are still in cache, and keeps it instead of x and
+t: the backward is then a single product, dx = dy * dy/dx. The kernels use
+in-place operations on the buffers they are given (on large activations each
+temporary array is a full trip through memory), and ``parallel_rows`` runs
+them on blocks of rows on every core.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 COEFF = 0.044715
 
 
-def gelu_forward_kernel(x, t, y):
-    """Write t = tanh(u) and y = gelu(x), elementwise."""
+def gelu_forward_kernel(x, y, dydx=None):
+    """Write y = gelu(x) and, if a buffer is given, dydx = dy/dx; elementwise."""
     xp = backend.xp
-    xp.multiply(x, x, out=t)
+    t = x * x
     t *= SQRT_2_OVER_PI * COEFF
     t += SQRT_2_OVER_PI
     t *= x                                   # u = sqrt(2/pi) * x * (1 + 0.044715 x^2)
@@ -34,22 +36,18 @@ def gelu_forward_kernel(x, t, y):
     xp.add(t, 1.0, out=y)
     y *= x
     y *= 0.5                                 # y = 0.5 x (1 + t)
-
-
-def gelu_backward_kernel(x, t, dout, dx):
-    """Write dx = dout * dy/dx, elementwise, using ``t`` as scratch space."""
-    xp = backend.xp
-    xp.multiply(x, x, out=dx)
-    dx *= 3.0 * SQRT_2_OVER_PI * COEFF
-    dx += SQRT_2_OVER_PI                     # du/dx
-    dx *= x
-    one_minus_t2 = xp.multiply(t, t)
+    if dydx is None:
+        return
+    xp.multiply(x, x, out=dydx)
+    dydx *= 3.0 * SQRT_2_OVER_PI * COEFF
+    dydx += SQRT_2_OVER_PI                   # du/dx
+    dydx *= x
+    one_minus_t2 = t * t
     xp.subtract(1.0, one_minus_t2, out=one_minus_t2)   # dt/du = 1 - t^2
-    dx *= one_minus_t2                       # x (1 - t^2) du/dx
-    dx += t
-    dx += 1.0
-    dx *= 0.5                                # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx
-    dx *= dout                               # dx = dy * dy/dx
+    dydx *= one_minus_t2                     # x (1 - t^2) du/dx
+    dydx += t
+    dydx += 1.0
+    dydx *= 0.5                              # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx
 
 
 class GELU(Module):
@@ -57,17 +55,28 @@ class GELU(Module):
 
     def forward(self, x):
         xp = backend.xp
-        t, y = xp.empty_like(x), xp.empty_like(x)
-        parallel_rows(gelu_forward_kernel, x.reshape(-1, x.shape[-1]),
-                      t.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1]))
-        self.cache = (x, t)
+        y = xp.empty_like(x)
+        if self.training:
+            dydx = xp.empty_like(x)
+            parallel_rows(gelu_forward_kernel, _rows(x), _rows(y), _rows(dydx))
+            self.cache = ("dydx", dydx)
+        else:                                # inference: no derivative unless asked
+            parallel_rows(gelu_forward_kernel, _rows(x), _rows(y))
+            self.cache = ("x", x)
         return y
 
     def backward(self, dout):
         xp = backend.xp
-        x, t = self._saved()
-        dx = xp.empty_like(x)
-        width = x.shape[-1]
-        parallel_rows(gelu_backward_kernel, x.reshape(-1, width), t.reshape(-1, width),
-                      dout.reshape(-1, width), dx.reshape(-1, width))
-        return dx
+        kind, saved = self._saved()
+        if kind == "x":                      # forward ran in eval mode: derive now
+            dydx = xp.empty_like(saved)
+            parallel_rows(gelu_forward_kernel, _rows(saved), _rows(xp.empty_like(saved)),
+                          _rows(dydx))
+        else:
+            dydx = saved
+        return dout * dydx                   # dx = dy * dy/dx
+
+
+def _rows(a):
+    """(..., n) -> (R, n) view: the kernels work on rows."""
+    return a.reshape(-1, a.shape[-1])
