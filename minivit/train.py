@@ -102,7 +102,7 @@ class TrainConfig:
         eval_batch_size: batch size for evaluation (no backward: can be large).
     """
 
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 128
     lr: float = 2e-3
     min_lr: float = 1e-5
