@@ -195,11 +195,11 @@ def check_module(module, x, dout=None, mode: str = "elementwise", samples: int |
     xp = backend.xp
     saved_rngs = (backend._host_rng, backend._device_rng)
     try:
-        def forward():
+        def run_forward():
             backend.seed(seed)
             return module.forward(x)
 
-        y = forward()
+        y = run_forward()
         if dout is None:
             draws = numpy.random.default_rng(seed + 1).standard_normal(y.shape)
             dout = backend.to_device(draws, y.dtype)
@@ -217,7 +217,7 @@ def check_module(module, x, dout=None, mode: str = "elementwise", samples: int |
                 tensors[name], analytic[name] = p.data, p.grad.copy()
 
         def loss_fn():
-            return float((forward() * dout).sum())
+            return float((run_forward() * dout).sum())
 
         return check_gradients(loss_fn, tensors, analytic, mode=mode, samples=samples,
                                eps=eps, tol=tol, seed=seed, order=order)

@@ -102,9 +102,12 @@ class PatchEmbed(Module):
     def forward(self, x):
         self._check_input(x)
         cols = self.im2col(x)                                       # (B, N, C*P*P)
-        w_flat = self.proj.weight.data.reshape(self.dim, -1)        # (D, C*P*P)
+        B, N, K = cols.shape
+        w_flat = self.proj.weight.data.reshape(self.dim, K)         # (D, C*P*P)
         self.cache = (cols, x.shape)
-        return cols @ w_flat.T + self.proj.bias.data                # (B, N, D)
+        tokens = cols.reshape(B * N, K) @ w_flat.T                  # one 2-D matmul (B*N, D)
+        tokens += self.proj.bias.data
+        return tokens.reshape(B, N, self.dim)                       # (B, N, D)
 
     def backward(self, dout):
         cols, x_shape = self._saved()
@@ -113,7 +116,7 @@ class PatchEmbed(Module):
         cols_rows = cols.reshape(-1, cols.shape[-1])                # (B*N, C*P*P)
         self.proj.weight.grad += (dout_rows.T @ cols_rows).reshape(self.proj.weight.shape)
         self.proj.bias.grad += sum_rows(dout_rows)
-        dcols = dout @ w_flat                                       # (B, N, C*P*P)
+        dcols = (dout_rows @ w_flat).reshape(cols.shape)            # (B, N, C*P*P)
         return self.col2im(dcols, x_shape)                          # (B, C, H, W)
 
     def _check_input(self, x):
