@@ -25,7 +25,8 @@ def randomize_parameters(module, scale=0.5, seed=0):
         if not p.requires_grad:
             continue
         draws = rng.standard_normal(p.shape) * scale
-        if name.endswith(("norm.weight", "norm1.weight", "norm2.weight")) or name == "weight" \
-                and p.data.ndim == 1:
+        is_layernorm_gain = name.endswith(("norm.weight", "norm1.weight", "norm2.weight")) \
+            or (name == "weight" and p.data.ndim == 1)          # a LayerNorm on its own
+        if is_layernorm_gain:
             draws += 1.0
         p.data[...] = backend.to_device(draws, p.data.dtype)
