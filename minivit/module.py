@@ -138,9 +138,9 @@ class Module:
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         wrong = [
-            f"{k}: expected {tuple(own[k].shape)}, got {tuple(numpy.shape(v))}"
+            f"{k}: expected {tuple(own[k].shape)}, got {_shape_of(v)}"
             for k, v in state_dict.items()
-            if k in own and tuple(numpy.shape(v)) != tuple(own[k].shape)
+            if k in own and _shape_of(v) != tuple(own[k].shape)
         ]
         if wrong or (strict and (missing or unexpected)):
             lines = ["state_dict does not fit this model:"]
@@ -168,6 +168,14 @@ class Module:
             sub = repr(module).replace("\n", "\n  ")
             lines.append(f"  ({key}): {sub}")
         return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
+
+
+def _shape_of(value) -> tuple:
+    """The shape of a NumPy or CuPy array (read, not converted: NumPy's
+    ``numpy.shape`` is not for device arrays), or of anything else
+    ``numpy.asarray`` takes."""
+    shape = getattr(value, "shape", None)
+    return tuple(shape) if shape is not None else tuple(numpy.shape(value))
 
 
 class ModuleList(Module):
