@@ -39,30 +39,66 @@ _host_rng = numpy.random.default_rng(0)
 _device_rng = numpy.random.default_rng(0)
 
 
+# The fix that the errors below name: which extra installs CuPy.
+_INSTALL_HINT = (
+    'from the minivit folder with `pip install -e ".[cuda12]"` if `nvidia-smi` '
+    'shows "CUDA Version: 12.x", or `pip install -e ".[cuda13]"` for 13.x'
+)
+_CPU_HINT = "or use MINIVIT_BACKEND=numpy to run on the CPU."
+
+
 def _import_cupy():
-    """Import CuPy and make sure a GPU is visible, or explain what is missing."""
+    """Import CuPy and make sure it can run on a GPU, or explain what is missing.
+
+    Four ways this fails, each a RuntimeError that names the problem and the
+    fix (README.md, "Running on a GPU", quotes them): CuPy not installed;
+    CuPy installed but broken; no usable driver or GPU; CUDA libraries
+    (cuBLAS, NVRTC) missing.
+    """
     try:
         import cupy  # noqa: PLC0415
     except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "cupy":
+            raise RuntimeError(
+                "MINIVIT_BACKEND=cupy was requested but CuPy is not installed. "
+                f"Install it {_INSTALL_HINT}; {_CPU_HINT}"
+            ) from exc
         raise RuntimeError(
-            "MINIVIT_BACKEND=cupy was requested but CuPy is not installed. "
-            "Install it with `pip install minivit[cuda12]` (CUDA 12) or "
-            "`pip install minivit[cuda13]` (CUDA 13), or use MINIVIT_BACKEND=numpy."
+            "MINIVIT_BACKEND=cupy was requested but CuPy is installed and fails to "
+            f"import ({type(exc).__name__}: {exc}). Keep exactly one CuPy package "
+            "(`pip list | grep -i cupy`) and make it match the driver: reinstall it "
+            f"{_INSTALL_HINT}; {_CPU_HINT}"
         ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDA driver missing or broken
+    except Exception as exc:  # CUDA driver missing, too old, or no device
         raise RuntimeError(
             "MINIVIT_BACKEND=cupy was requested and CuPy is installed, but no "
-            f"usable NVIDIA GPU/driver was found ({exc}). Run on a machine with a "
-            "GPU, or use MINIVIT_BACKEND=numpy."
+            f"usable NVIDIA GPU/driver was found ({type(exc).__name__}: {exc}). "
+            "`nvidia-smi` must list a GPU, and the \"CUDA Version\" it shows must be at "
+            "least the CUDA major version of the installed CuPy (cupy-cuda12x: 12, "
+            f"cupy-cuda13x: 13); {_CPU_HINT}"
         ) from exc
     if count < 1:
         raise RuntimeError(
             "MINIVIT_BACKEND=cupy was requested and CuPy is installed, but no "
-            "GPU is visible (check CUDA_VISIBLE_DEVICES). Use MINIVIT_BACKEND=numpy "
-            "to run on the CPU."
+            "GPU is visible (check CUDA_VISIBLE_DEVICES and `nvidia-smi`); "
+            f"{_CPU_HINT}"
         )
+    try:
+        # One matmul (cuBLAS) and one compiled elementwise/reduction kernel
+        # (NVRTC): the libraries a CuPy wheel does not bring by itself.
+        a = cupy.arange(4, dtype=cupy.float32)
+        float(a @ a + cupy.exp(a).sum())
+    except Exception as exc:
+        raise RuntimeError(
+            f"MINIVIT_BACKEND=cupy was requested and CuPy sees {count} GPU(s), but "
+            f"cannot compute on them ({type(exc).__name__}: {exc}). CuPy needs the "
+            "CUDA libraries (cuBLAS, NVRTC) of its CUDA major version: install the CUDA "
+            "Toolkit 12.x or 13.x, or get them from PyPI with "
+            '`pip install "cupy-cuda12x[ctk]"` (or "cupy-cuda13x[ctk]"; CuPy 14 or '
+            f"later); {_CPU_HINT}"
+        ) from exc
     return cupy
 
 
@@ -190,6 +226,19 @@ def is_array(obj) -> bool:
     return isinstance(obj, numpy.ndarray) or (
         name == "cupy" and isinstance(obj, xp.ndarray)
     )
+
+
+def device_name() -> str:
+    """What the active backend computes on, for a human: ``"CPU (NumPy)"``, or
+    the GPU's name, e.g. ``"NVIDIA H100 80GB HBM3 (GPU 0, CuPy 13.6.0)"``."""
+    if name != "cupy":
+        return "CPU (NumPy)"
+    runtime = xp.cuda.runtime
+    dev = runtime.getDevice()
+    gpu = runtime.getDeviceProperties(dev)["name"]
+    if isinstance(gpu, bytes):
+        gpu = gpu.decode(errors="replace")
+    return f"{gpu} (GPU {dev}, CuPy {getattr(xp, '__version__', '?')})"
 
 
 def synchronize() -> None:

@@ -141,7 +141,7 @@ def test_cupy_where_it_cannot_run_is_a_clear_error():
     result = _run("cupy")
     assert result.returncode != 0
     assert "RuntimeError" in result.stderr
-    assert "pip install minivit[cuda12]" in result.stderr or "no usable" in result.stderr \
+    assert 'pip install -e ".[cuda12]"' in result.stderr or "no usable" in result.stderr \
         or "no GPU is visible" in result.stderr
 
 
