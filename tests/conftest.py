@@ -1,9 +1,23 @@
 """Shared fixtures: every backend-aware test runs on NumPy and, where a GPU
-and CuPy are present, again on CuPy (skipped with a reason otherwise)."""
+and CuPy are present, again on CuPy (skipped with a reason otherwise).
+
+``MINIVIT_FAKE_DEVICE=1``: where CuPy or a GPU is missing, the CuPy cases run
+instead on the fake device of ``tests/fake_device.py`` (NumPy that refuses
+what CuPy refuses), which finds host/device mixing without a GPU.
+"""
+
+import os
+import sys
 
 import pytest
 
 from minivit import backend
+
+if os.environ.get("MINIVIT_FAKE_DEVICE", "").strip() not in ("", "0") \
+        and not backend.cupy_available():
+    import fake_device
+
+    sys.modules["cupy"] = fake_device.FakeCuPy()
 
 BACKENDS = [
     "numpy",
