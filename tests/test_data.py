@@ -44,7 +44,7 @@ def fake_arrays():
 def served(tmp_path, fake_arrays, monkeypatch):
     """An HTTP server on 127.0.0.1 serving the fake files as ``<name>.gz``.
 
-    Yields (base_url, md5 table, served folder). ``/short/<name>.gz``
+    Yields (base_url, content-md5 table, served folder). ``/short/<name>.gz``
     announces the full length but hangs up halfway (an interrupted download).
     """
     root = tmp_path / "www"
@@ -52,7 +52,7 @@ def served(tmp_path, fake_arrays, monkeypatch):
     md5 = {}
     for base, arr in fake_arrays.items():
         path = data.write_idx(root / f"{base}.gz", arr)
-        md5[base] = data.md5sum(path)
+        md5[base] = data.content_md5(path)
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs):
@@ -103,7 +103,7 @@ def dead_mirror():
 def fake_info(md5, mirrors=(), **changes):
     """A registry entry like MNIST's but with the test's md5s, mirrors and counts."""
     return dataclasses.replace(
-        data.DATASETS["mnist"], name="fake-mnist", md5=dict(md5), mirrors=tuple(mirrors),
+        data.DATASETS["mnist"], name="fake-mnist", content_md5=dict(md5), mirrors=tuple(mirrors),
         n_train=N_TRAIN, n_test=N_TEST, **changes,
     )
 
@@ -200,14 +200,21 @@ def test_data_error_is_value_error():
 def test_registry():
     assert data.get_dataset_info("MNIST") is data.DATASETS["mnist"]
     assert data.get_dataset_info("fashion_mnist") is data.DATASETS["fashion-mnist"]
+    assert data.get_dataset_info("CIFAR-10") is data.DATASETS["cifar10"]
     for info in data.DATASETS.values():
-        assert len(info.mirrors) >= 2
-        assert set(info.md5) == set(data.FILE_NAMES)
-        assert all(len(v) == 32 for v in info.md5.values())
+        assert info.mirrors
+        assert set(info.content_md5) == set(info.files)
+        assert all(len(v) == 32 for v in info.content_md5.values())
+        assert len(info.class_names) == 10
+    for name in ("mnist", "fashion-mnist"):
+        assert data.DATASETS[name].files == data.FILE_NAMES
+        assert len(data.DATASETS[name].mirrors) >= 2
     assert data.DATASETS["mnist"].mean == data.MNIST_MEAN == 0.1307
     assert data.DATASETS["fashion-mnist"].std == data.FASHION_STD == 0.3530
-    with pytest.raises(ValueError, match="unknown dataset"):
-        data.get_dataset_info("cifar10")
+    assert data.DATASETS["fashion-mnist"].class_names[9] == "Ankle boot"
+    assert data.DATASETS["cifar10"].image_shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="unknown dataset.*imagefolder"):
+        data.get_dataset_info("cifar100")
 
 
 # --------------------------------------------------------------------------
@@ -219,7 +226,7 @@ def test_download_good_files(served, tmp_path, fake_arrays, capsys):
     assert data.download(fake_info(md5), folder, mirrors=[url]) == folder
     for base, arr in fake_arrays.items():
         path = folder / f"{base}.gz"
-        assert data.md5sum(path) == md5[base]
+        assert data.content_md5(path) == md5[base]
         np.testing.assert_array_equal(data.read_idx(path), arr)
     assert leftovers(folder) == []
     err = capsys.readouterr().err
@@ -237,7 +244,7 @@ def test_download_bad_checksum_leaves_nothing(served, tmp_path):
     with pytest.raises(DataError) as info:
         data.download(fake_info(wrong), folder, mirrors=[url], quiet=True)
     message = str(info.value)
-    assert "md5 mismatch" in message and "0" * 32 in message
+    assert "md5 of its content mismatch" in message and "0" * 32 in message
     assert md5["train-images-idx3-ubyte"] in message  # the actual digest
     assert not (folder / "train-images-idx3-ubyte.gz").exists()
     assert leftovers(folder) == []  # no .part file
@@ -288,8 +295,8 @@ def test_existing_file_with_bad_md5(served, tmp_path):
     message = str(info.value)
     assert str(target) in message
     assert md5["t10k-labels-idx1-ubyte"] in message  # expected
-    assert data.md5sum(target) in message  # actual
-    assert "Delete the file" in message
+    assert data.content_md5(target) in message  # actual
+    assert "Delete the file" in message  # the user's own folder: safe advice
 
 
 def test_load_dataset_downloads_and_validates(served, tmp_path, fake_arrays):
@@ -310,15 +317,20 @@ def test_load_dataset_downloads_and_validates(served, tmp_path, fake_arrays):
 
 
 def test_load_dataset_uncompressed_files(tmp_path, fake_arrays):
-    """Plain IDX files have no published md5 but are still structure-checked."""
+    """Gunzipped files verify against the same content checksums."""
+    md5 = {}
     for base, arr in fake_arrays.items():
-        data.write_idx(tmp_path / base, arr)
-    info = fake_info({b: "0" * 32 for b in data.FILE_NAMES})  # md5s would all fail
+        md5[base] = data.content_md5(data.write_idx(tmp_path / base, arr))
+    info = fake_info(md5)
     out = data.load_dataset(info, tmp_path, download=False)
     np.testing.assert_array_equal(out[0], fake_arrays["train-images-idx3-ubyte"])
-    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05")
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
+    bad = tmp_path / "t10k-labels-idx1-ubyte"
+    bad.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05")
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.*md5 of its content"):
         data.load_dataset(info, tmp_path, download=False)
+    # without verification the structure is still checked
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.*truncated"):
+        data.load_dataset(info, tmp_path, download=False, verify=False)
 
 
 # --------------------------------------------------------------------------
@@ -495,8 +507,7 @@ def _real_mnist_dir():
 def test_real_mnist():
     folder, files = _real_mnist_dir()
     for base, path in files.items():
-        if path.name.endswith(".gz"):
-            data.verify_md5(path, data.DATASETS["mnist"].md5[base])  # raises on mismatch
+        data.verify_file(data.DATASETS["mnist"], base, path)  # raises on mismatch
     x_train, y_train, x_test, y_test = data.load_dataset("mnist", download=False, quiet=True)
     assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
     assert y_train.shape == (60000,) and y_test.shape == (10000,)
