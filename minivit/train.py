@@ -1,6 +1,6 @@
-"""Training loop: epochs of mini-batch training, a test evaluation each epoch.
+"""The training loop: epochs of mini-batch steps, evaluation, checkpoints.
 
-One training step, in the order the code runs it::
+One training step, in the order :meth:`Trainer.train_epoch` runs it::
 
     lr = schedule(global_step)        # WarmupCosine, set before every step
     zero_grad()
@@ -10,13 +10,12 @@ One training step, in the order the code runs it::
     clip_grad_norm_(params, clip)     # optional
     optimizer.step()
 
-After each epoch the model is evaluated on the test set (``model.eval()``,
-no backward), then the trainer writes into its output folder:
-
-* ``last.npz``  the state after this epoch (weights, optimizer, epoch, rng,
-  config, history), and ``best.npz`` when the test accuracy is a new best;
-* ``metrics.jsonl``  one JSON line per epoch;
-* ``curves.png`` and ``confusion_matrix.png`` (when matplotlib is installed).
+After each epoch (:meth:`Trainer.fit`) the model is evaluated on the test
+set, then ``last.npz`` (and ``best.npz`` on a new best) is written, then a
+line of ``metrics.jsonl``, the plots, and the progress line. What is
+reported and how lives in :mod:`minivit.reporting`; measuring in
+:mod:`minivit.metrics`; hyper-parameters in :mod:`minivit.config`; the
+command line in :mod:`minivit.cli`.
 
 Reproducible resumption. Everything random in an epoch is derived from
 ``(seed, epoch)`` alone: the shuffle and the augmentation use a fresh
@@ -34,31 +33,39 @@ CuPy.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import math
 import os
-import sys
 import time
 import warnings
 from typing import Sequence
 
 import numpy as np
 
-from minivit import backend
-from minivit.atomic import save_figure, write_text
+from minivit import backend, viz
 from minivit.checkpoint import load_checkpoint, save_checkpoint
+from minivit.config import TrainConfig
 from minivit.data import augment as augment_batch
 from minivit.data import iterate_batches
 from minivit.loss import cross_entropy
+from minivit.metrics import Evaluation, confusion_matrix, evaluate
 from minivit.optim import SGD, AdamW, WarmupCosine, clip_grad_norm_, param_groups_weight_decay
+from minivit.reporting import (
+    METRIC_KEYS,
+    MetricsLog,
+    Progress,
+    TensorBoardLog,
+    format_duration,
+    plot_confusion_matrix,
+    plot_curves,
+)
 
 __all__ = [
+    "Trainer",
+    "NonFiniteLossError",
+    # defined beside the loop, importable from here as before
     "TrainConfig",
     "Evaluation",
-    "NonFiniteLossError",
-    "Trainer",
     "evaluate",
     "confusion_matrix",
     "plot_curves",
@@ -67,224 +74,12 @@ __all__ = [
     "METRIC_KEYS",
 ]
 
-OPTIMIZERS = ("adamw", "sgd")
-
-# The keys of every line of metrics.jsonl (and of every history entry).
-METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
-               "epoch_time_s", "images_per_s", "elapsed_s")
+# Test images whose attention maps go to TensorBoard each epoch.
+TENSORBOARD_IMAGES = 4
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss (or the gradient norm) became inf/NaN: training diverged."""
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Training hyperparameters (saved as ``config["train"]`` in checkpoints).
-
-    Attributes:
-        epochs: number of passes over the training set; fixes the schedule.
-        batch_size: images per optimizer step (the last batch may be smaller).
-        lr: peak learning rate, reached at the end of the warm-up.
-        min_lr: learning rate the cosine decays to at the very end.
-        warmup_epochs: length of the linear warm-up, in epochs (may be fractional).
-        weight_decay: decoupled (AdamW) or L2 (SGD) decay of the weight
-            matrices; biases, LayerNorm gains, cls_token and pos_embed get none.
-        optimizer: ``"adamw"`` or ``"sgd"``.
-        momentum: SGD momentum (ignored by AdamW).
-        label_smoothing: target smoothing of the cross-entropy, in [0, 1).
-        clip_grad: max global gradient norm, or None for no clipping.
-        augment: random shifts/rotations of the training images.
-        max_shift: largest shift in pixels (each axis).
-        max_rotate: largest rotation in degrees.
-        seed: seeds shuffling, augmentation and dropout (the model's own
-            initialisation is seeded where it is built).
-        eval_batch_size: batch size for evaluation (no backward: can be large).
-    """
-
-    epochs: int = 12
-    batch_size: int = 128
-    lr: float = 2e-3
-    min_lr: float = 1e-5
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    label_smoothing: float = 0.0
-    clip_grad: float | None = 1.0
-    augment: bool = False
-    max_shift: int = 2
-    max_rotate: float = 10.0
-    seed: int = 0
-    eval_batch_size: int = 500
-
-    def __post_init__(self):
-        if int(self.epochs) != self.epochs or self.epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if int(self.eval_batch_size) != self.eval_batch_size or self.eval_batch_size < 1:
-            raise ValueError(
-                f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        if not self.warmup_epochs >= 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.clip_grad is not None and not self.clip_grad > 0:
-            raise ValueError(f"clip_grad must be > 0 or None, got {self.clip_grad}")
-        if int(self.seed) != self.seed or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)
-        self.eval_batch_size, self.seed = int(self.eval_batch_size), int(self.seed)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class Evaluation:
-    """Result of :func:`evaluate`: accuracy in [0, 1], mean loss, and the
-    predicted class of every image (host int64 array, for a confusion matrix)."""
-
-    accuracy: float
-    loss: float
-    predictions: np.ndarray
-
-
-# --------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------
-def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500,
-             label_smoothing: float = 0.0) -> Evaluation:
-    """Accuracy, mean loss and predictions of ``model`` on ``(x, y)``.
-
-    Runs in eval mode (dropout off), forward only, in batches; the model's
-    previous train/eval mode is restored afterwards.
-
-    Args:
-        x: host float images (N, C, H, W), already normalised.
-        y: host integer labels (N,).
-    """
-    n = len(x)
-    if n == 0:
-        raise ValueError("evaluate needs at least one image")
-    was_training = model.training
-    model.eval()
-    try:
-        total_loss, preds = 0.0, []
-        for start in range(0, n, batch_size):
-            xb = backend.to_device(x[start:start + batch_size])
-            yb = backend.to_device(y[start:start + batch_size])
-            logits = model.forward(xb)
-            loss, _ = cross_entropy(logits, yb, label_smoothing)
-            total_loss += loss * len(xb)           # batch mean -> sum
-            preds.append(backend.to_numpy(logits.argmax(axis=1)))
-    finally:
-        model.train(was_training)
-    predictions = np.concatenate(preds).astype(np.int64)
-    accuracy = float((predictions == np.asarray(y)).mean())
-    return Evaluation(accuracy=accuracy, loss=total_loss / n, predictions=predictions)
-
-
-def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
-    """Counts ``cm[true, predicted]`` as an int64 (K, K) array."""
-    labels = np.asarray(labels, dtype=np.int64)
-    predictions = np.asarray(predictions, dtype=np.int64)
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (labels, predictions), 1)
-    return cm
-
-
-# --------------------------------------------------------------------------
-# Plots (matplotlib is optional: imported lazily, skipped with a warning)
-# --------------------------------------------------------------------------
-def _new_figure(**kwargs):
-    """A matplotlib Figure drawn with Agg, or None when matplotlib is missing.
-
-    The object-oriented API (Figure + FigureCanvasAgg) never touches pyplot's
-    global state, so it works headless and leaves an interactive session's
-    backend alone.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        warnings.warn("matplotlib is not installed: skipping plots "
-                      "(pip install matplotlib to get curves.png and "
-                      "confusion_matrix.png)", RuntimeWarning, stacklevel=3)
-        return None
-    fig = Figure(**kwargs)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def plot_curves(history: Sequence[dict], path) -> str | None:
-    """Loss and accuracy (train and test) against the epoch, side by side.
-
-    Returns the path written, or None when matplotlib is missing.
-    """
-    fig = _new_figure(figsize=(10, 4))
-    if fig is None:
-        return None
-    epochs = [h["epoch"] for h in history]
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["test_loss"] for h in history], "s-", label="test")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_acc.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
-    ax_acc.plot(epochs, [100 * h["test_acc"] for h in history], "s-", label="test")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=100)
-
-
-def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path,
-                          title: str = "Confusion matrix") -> str | None:
-    """The (K, K) matrix as an image with the count in every cell.
-
-    Returns the path written, or None when matplotlib is missing.
-    """
-    fig = _new_figure(figsize=(7, 6))
-    if fig is None:
-        return None
-    cm = np.asarray(cm)
-    k = len(cm)
-    ax = fig.subplots()
-    image = ax.imshow(cm, cmap="Blues")
-    fig.colorbar(image, ax=ax)
-    ticks = np.arange(k)
-    ax.set_xticks(ticks, labels=list(class_names), rotation=45, ha="right")
-    ax.set_yticks(ticks, labels=list(class_names))
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    threshold = cm.max() / 2 if cm.size else 0
-    for i in range(k):
-        for j in range(k):
-            # white text on dark cells, black on light ones
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if cm[i, j] > threshold else "black")
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=100)
-
-
-# --------------------------------------------------------------------------
-# Small helpers
-# --------------------------------------------------------------------------
-def format_duration(seconds: float) -> str:
-    """``75`` -> ``'1:15'``, ``3725`` -> ``'1:02:05'``."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    s = int(round(seconds))
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:
@@ -294,9 +89,6 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
             for k in keys if saved.get(k) != current.get(k)]
 
 
-# --------------------------------------------------------------------------
-# The trainer
-# --------------------------------------------------------------------------
 class Trainer:
     """Trains a model epoch by epoch, evaluates, logs, checkpoints and plots.
 
@@ -317,14 +109,16 @@ class Trainer:
         config: a :class:`TrainConfig`.
         out_dir: folder for checkpoints, metrics and plots (created).
         dataset: dataset name saved in the checkpoint config.
-        mean, std: the normalisation used for x (saved, so that prediction
-            tools normalise new images the same way; also gives the
-            background value that augmentation fills in).
+        mean, std: the normalisation used for x, one number or one per
+            channel (saved, so that prediction tools normalise new images the
+            same way; also gives the background value augmentation fills in).
         class_names: names for the confusion matrix (default "0", "1", ...).
-        quiet: print nothing. Otherwise a live progress line on a terminal,
+        quiet: print nothing. Otherwise a live progress bar on a terminal,
             and one summary line per epoch.
         plots: write curves.png and confusion_matrix.png each epoch.
         stream: where progress goes (default sys.stdout).
+        tensorboard: a folder for TensorBoard event files (needs tensorboardX),
+            or None.
 
     Attributes:
         epoch: number of finished epochs (the next epoch to run is ``epoch + 1``).
@@ -334,22 +128,23 @@ class Trainer:
     """
 
     def __init__(self, model, train_data, test_data, config: TrainConfig | None = None,
-                 out_dir="runs/train", dataset: str = "mnist", mean: float = 0.0,
-                 std: float = 1.0, class_names: Sequence[str] | None = None,
-                 quiet: bool = False, plots: bool = True, stream=None):
+                 out_dir="runs/train", dataset: str = "mnist", mean=0.0, std=1.0,
+                 class_names: Sequence[str] | None = None, quiet: bool = False,
+                 plots: bool = True, stream=None, tensorboard=None):
         self.model = model
         self.config = TrainConfig() if config is None else config
         self.x_train, self.y_train = self._check_data(train_data, "train_data")
         self.x_test, self.y_test = self._check_data(test_data, "test_data")
         self.out_dir = os.fspath(out_dir)
         self.dataset = str(dataset)
-        self.mean, self.std = float(mean), float(std)
+        self.mean, self.std = _stat(mean), _stat(std)
         num_classes = int(getattr(model, "config", {}).get("num_classes", 10))
         self.class_names = ([str(c) for c in class_names] if class_names is not None
                             else [str(i) for i in range(num_classes)])
-        self.quiet = quiet
         self.plots = plots
-        self.stream = sys.stdout if stream is None else stream
+        self.progress = Progress(self.config.epochs, len(self.x_train), stream, quiet)
+        self.metrics_log = MetricsLog(self.path("metrics.jsonl"))
+        self.tensorboard = TensorBoardLog(tensorboard) if tensorboard else None
 
         cfg = self.config
         self.steps_per_epoch = -(-len(self.x_train) // cfg.batch_size)
@@ -365,7 +160,6 @@ class Trainer:
         self.best_epoch = 0
         self.last_eval: Evaluation | None = None
         self._elapsed_before = 0.0   # seconds spent in earlier (resumed) sessions
-        self._last_len = 0           # length of the live progress line
 
     # -- setup ----------------------------------------------------------------
     @staticmethod
@@ -483,8 +277,7 @@ class Trainer:
         # metrics.jsonl may hold epochs after the checkpoint (a crash between
         # the two writes): rewrite it from the checkpoint's history.
         os.makedirs(self.out_dir, exist_ok=True)
-        write_text(self.path("metrics.jsonl"),
-                           "".join(json.dumps(h) + "\n" for h in self.history))
+        self.metrics_log.rewrite(self.history)
         return self.epoch
 
     # -- the loop -------------------------------------------------------------
@@ -503,48 +296,51 @@ class Trainer:
         """
         os.makedirs(self.out_dir, exist_ok=True)
         if self.epoch == 0:
-            # a new run: start metrics.jsonl afresh
-            write_text(self.path("metrics.jsonl"), "")
+            self.metrics_log.rewrite([])          # a new run: start afresh
         end = self.config.epochs if stop_after is None else min(stop_after, self.config.epochs)
         session_start = time.perf_counter()
-        for epoch in range(self.epoch + 1, end + 1):
-            epoch_start = time.perf_counter()
-            train_loss, train_acc, train_time = self.train_epoch(epoch)
-            result = evaluate(self.model, self.x_test, self.y_test,
-                              self.config.eval_batch_size, self.config.label_smoothing)
-            if not math.isfinite(result.loss):
-                # weights went non-finite in the last step(s): do not save them
-                raise NonFiniteLossError(self._diverged_message(
-                    f"the test loss is {result.loss}", epoch, None))
-            backend.synchronize()
-            now = time.perf_counter()
-            record = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "test_loss": result.loss,
-                "test_acc": result.accuracy,
-                "lr": self.schedule.lr_at(epoch * self.steps_per_epoch - 1),
-                "epoch_time_s": now - epoch_start,
-                "images_per_s": len(self.x_train) / train_time,
-                "elapsed_s": self._elapsed_before + (now - session_start),
-            }
-            self.epoch = epoch
-            self.history.append(record)
-            self.last_eval = result
-            improved = result.accuracy > self.best_acc
-            if improved:
-                self.best_acc, self.best_epoch = result.accuracy, epoch
-            # checkpoint first, then the log: a crash in between is repaired
-            # by resume(), which rewrites metrics.jsonl from the checkpoint
-            self.save(self.last_path)
-            if improved:
-                self.save(self.best_path)
-            with open(self.path("metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if self.plots:
-                self.make_plots()
-            self._print_summary(record, improved)
+        try:
+            for epoch in range(self.epoch + 1, end + 1):
+                epoch_start = time.perf_counter()
+                train_loss, train_acc, train_time = self.train_epoch(epoch)
+                result = self.evaluate()
+                if not math.isfinite(result.loss):
+                    # weights went non-finite in the last step(s): do not save them
+                    raise NonFiniteLossError(self._diverged_message(
+                        f"the test loss is {result.loss}", epoch, None))
+                backend.synchronize()
+                now = time.perf_counter()
+                record = {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "train_acc": train_acc,
+                    "test_loss": result.loss,
+                    "test_acc": result.accuracy,
+                    "lr": self.schedule.lr_at(epoch * self.steps_per_epoch - 1),
+                    "epoch_time_s": now - epoch_start,
+                    "images_per_s": len(self.x_train) / train_time,
+                    "elapsed_s": self._elapsed_before + (now - session_start),
+                }
+                self.epoch, self.last_eval = epoch, result
+                self.history.append(record)
+                improved = result.accuracy > self.best_acc
+                if improved:
+                    self.best_acc, self.best_epoch = result.accuracy, epoch
+                # checkpoint first, then the log: a crash in between is repaired
+                # by resume(), which rewrites metrics.jsonl from the checkpoint
+                self.save(self.last_path)
+                if improved:
+                    self.save(self.best_path)
+                self.metrics_log.append(record)
+                if self.plots:
+                    self.make_plots()
+                if self.tensorboard is not None:
+                    self._log_epoch_to_tensorboard(record)
+                self.progress.end_epoch(record, improved)
+        finally:
+            self.progress.close()
+            if self.tensorboard is not None:
+                self.tensorboard.flush()
         return self.history
 
     def train_epoch(self, epoch: int):
@@ -555,14 +351,14 @@ class Trainer:
         rng = np.random.default_rng([cfg.seed, epoch])       # shuffle + augmentation
         aug = None
         if cfg.augment:
+            background = -np.asarray(self.mean) / np.asarray(self.std)   # normalised 0
             aug = functools.partial(augment_batch, max_shift=cfg.max_shift,
-                                    max_rotate_deg=cfg.max_rotate,
-                                    fill=-self.mean / self.std)  # normalised background
+                                    max_rotate_deg=cfg.max_rotate, fill=background)
         self.model.train()
         params = self.model.parameters()
         n_seen, loss_sum, correct = 0, 0.0, 0
+        self.progress.start_epoch(epoch)
         start = time.perf_counter()
-        last_draw = 0.0
         batches = iterate_batches(self.x_train, self.y_train, cfg.batch_size,
                                   shuffle=True, rng=rng, augment=aug)
         for i, (xb_host, yb_host) in enumerate(batches):
@@ -577,6 +373,7 @@ class Trainer:
                 raise NonFiniteLossError(self._diverged_message(
                     f"the training loss is {loss}", epoch, i, lr))
             self.model.backward(dlogits)
+            norm = None
             if cfg.clip_grad is not None:
                 norm = clip_grad_norm_(params, cfg.clip_grad)
                 if not math.isfinite(norm):
@@ -588,11 +385,10 @@ class Trainer:
             n_seen += b
             loss_sum += loss * b
             correct += int((logits.argmax(axis=1) == yb).sum())  # one scalar to host
-            now = time.perf_counter()
-            if self._live and (now - last_draw > 0.2 or i + 1 == self.steps_per_epoch):
-                last_draw = now
-                self._print_progress(epoch, i + 1, loss_sum / n_seen, correct / n_seen,
-                                     n_seen / (now - start), now - start)
+            self.progress.step(b, loss_sum / n_seen, correct / n_seen)
+            if self.tensorboard is not None:
+                self.tensorboard.scalars(step, {"train/loss": loss, "train/lr": lr,
+                                                "train/grad_norm": norm})
         backend.synchronize()
         return loss_sum / n_seen, correct / n_seen, time.perf_counter() - start
 
@@ -615,6 +411,25 @@ class Trainer:
                 title=(f"{self.dataset} test set, epoch {self.epoch}: "
                        f"{100 * self.last_eval.accuracy:.2f}% correct"))
 
+    def _log_epoch_to_tensorboard(self, record: dict) -> None:
+        """Epoch scalars, and the attention rollout of the first few test images."""
+        step = record["epoch"] * self.steps_per_epoch
+        self.tensorboard.scalars(step, {
+            "test/loss": record["test_loss"], "test/accuracy": record["test_acc"],
+            "train/epoch_loss": record["train_loss"], "train/accuracy": record["train_acc"],
+            "train/images_per_s": record["images_per_s"]})
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            self.model.forward(backend.to_device(self.x_test[:TENSORBOARD_IMAGES]))
+            maps = viz.upsample(viz.attention_rollout(self.model), self.x_test.shape[-2:])
+        finally:
+            self.model.train(was_training)
+        for k, m in enumerate(maps):
+            label = self.class_names[int(self.y_test[k])]
+            self.tensorboard.image(f"attention_rollout/test_{k}_{label}", step,
+                                   m / max(m.max(), 1e-12))
+
     # -- messages -------------------------------------------------------------
     def _diverged_message(self, what: str, epoch: int, step: int | None,
                           lr: float | None = None) -> str:
@@ -629,44 +444,8 @@ class Trainer:
                 f"Lower the learning rate (e.g. --lr {self.config.lr / 3:.2g}){clip}. "
                 f"Stopped without saving: {kept}.")
 
-    @property
-    def _live(self) -> bool:
-        """A live progress line only on an interactive terminal."""
-        if self.quiet:
-            return False
-        isatty = getattr(self.stream, "isatty", None)
-        try:
-            return bool(isatty and isatty())
-        except ValueError:   # closed stream
-            return False
 
-    def _print_progress(self, epoch, step, loss, acc, images_per_s, epoch_s):
-        epoch_left = (self.steps_per_epoch - step) * epoch_s / step
-        # later epochs: as long as the last full one (training + evaluation),
-        # or this one's projected training time before any epoch finished
-        per_epoch = (self.history[-1]["epoch_time_s"] if self.history
-                     else epoch_s * self.steps_per_epoch / step)
-        run_left = epoch_left + (self.config.epochs - epoch) * per_epoch
-        line = (f"epoch {epoch}/{self.config.epochs} [{step}/{self.steps_per_epoch}] "
-                f"loss {loss:.4f} acc {100 * acc:.2f}% {images_per_s:.0f} img/s "
-                f"epoch left {format_duration(epoch_left)} "
-                f"run left {format_duration(run_left)}")
-        self.stream.write("\r" + line.ljust(self._last_len))
-        self._last_len = len(line)
-        self.stream.flush()
-
-    def _print_summary(self, r: dict, improved: bool) -> None:
-        if self.quiet:
-            return
-        width = len(str(self.config.epochs))
-        line = (f"epoch {r['epoch']:>{width}}/{self.config.epochs}  "
-                f"train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}%  "
-                f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%"
-                f"{' *' if improved else '  '}  lr {r['lr']:.2e}  "
-                f"{r['images_per_s']:.0f} img/s  {r['epoch_time_s']:.1f} s  "
-                f"elapsed {format_duration(r['elapsed_s'])}")
-        if self._live:
-            line = "\r" + line.ljust(self._last_len)
-            self._last_len = 0
-        self.stream.write(line + "\n")
-        self.stream.flush()
+def _stat(value):
+    """A normalisation statistic as saved: a float, or a tuple of per-channel floats."""
+    arr = np.asarray(value, dtype=np.float64)
+    return float(arr) if arr.ndim == 0 else tuple(float(v) for v in arr.ravel())

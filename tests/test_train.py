@@ -251,10 +251,11 @@ def test_output_quiet_summary_and_live_progress(tmp_path):
     assert len(lines) == 2 and "\r" not in piped.getvalue()
     assert lines[0].startswith("epoch 1/2") and "test loss" in lines[0]
 
-    tty = FakeTTY()                   # a terminal: progress updated in place
+    tty = FakeTTY()                   # a terminal: a tqdm bar updated in place
     make_trainer(tmp_path / "t", epochs=2, quiet=False, stream=tty).fit()
     out = tty.getvalue()
-    assert "\r" in out and "img/s" in out and "left" in out
+    assert "\r" in out and "img/s" in out and "run left" in out and "%|" in out
+    assert "epoch 2/2  train loss" in out        # the summary line stays
     assert out.count("\n") == 2
 
 
