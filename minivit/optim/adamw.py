@@ -1,0 +1,76 @@
+"""Adam with decoupled weight decay, as torch."""
+
+from __future__ import annotations
+
+from minivit import backend
+from minivit.optim.base import Optimizer
+
+__all__ = ["AdamW"]
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay, exactly ``torch.optim.AdamW``.
+
+    For each parameter p with gradient g, at step t = 1, 2, ... (m, v start
+    at zero, have p's shape and dtype)::
+
+        p = p * (1 - lr * weight_decay)       # decoupled decay, not in g
+        m = beta1 * m + (1 - beta1) * g       # 1st moment
+        v = beta2 * v + (1 - beta2) * g**2    # 2nd moment
+        denom = sqrt(v) / sqrt(1 - beta2**t) + eps   # eps after correction
+        p = p - lr / (1 - beta1**t) * m / denom
+    """
+
+    _state_keys = ("step", "exp_avg", "exp_avg_sq")
+    _counters = ("step",)
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay))
+
+    def _check(self, group):
+        lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+        betas = tuple(group["betas"])
+        if not lr >= 0.0:
+            raise ValueError(f"invalid learning rate {lr} (must be >= 0)")
+        if not eps >= 0.0:
+            raise ValueError(f"invalid eps {eps} (must be >= 0)")
+        if not wd >= 0.0:
+            raise ValueError(f"invalid weight_decay {wd} (must be >= 0)")
+        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+            raise ValueError(f"invalid betas {betas} (two values in [0, 1))")
+
+    def _update(self, p, g, state, group):
+        xp = backend.xp
+        lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+        beta1, beta2 = (float(b) for b in group["betas"])
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = xp.zeros_like(p)
+            state["exp_avg_sq"] = xp.zeros_like(p)
+        state["step"] += 1
+        t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        # p = p * (1 - lr * wd)   decoupled: decay does not pass through m, v
+        if wd != 0.0:
+            p *= 1.0 - lr * wd
+        tmp = xp.multiply(g, 1.0 - beta1)  # the one scratch array, reused below
+        # m = beta1 * m + (1 - beta1) * g
+        m *= beta1
+        m += tmp
+        # v = beta2 * v + (1 - beta2) * g * g
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - beta2
+        v *= beta2
+        v += tmp
+        # bias corrections undo the zero start of m and v
+        bias_correction1 = 1.0 - beta1 ** t
+        bias_correction2 = 1.0 - beta2 ** t
+        # denom = sqrt(v) / sqrt(bc2) + eps
+        xp.sqrt(v, out=tmp)
+        tmp /= bias_correction2 ** 0.5
+        tmp += eps
+        # p = p - (lr / bc1) * m / denom
+        xp.divide(m, tmp, out=tmp)
+        tmp *= lr / bias_correction1
+        p -= tmp
