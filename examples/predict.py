@@ -9,12 +9,19 @@ RGB, palette, with or without transparency, 8 or 16 bit). Each image is
 1. flattened: transparency composited onto white (drawing apps leave the
    background transparent and the ink dark), 16-bit scaled to 8-bit;
 2. converted to grayscale (or RGB, for a 3-channel model);
-3. padded to a square with its own border colour (no stretching) and resized
-   to the model's input size with an antialiasing (Lanczos) filter;
+3. brought to the model's input size. For a digit model (MNIST,
+   Fashion-MNIST) it is padded to a square with its own border colour (no
+   stretching) and resized with an antialiasing (Lanczos) filter; for a
+   model trained on photos (CIFAR-10, an image folder) it is resized as the
+   training images were (bilinear, to S x S);
 4. inverted if needed: MNIST digits are white on black, so with
    ``--invert auto`` an image whose border is bright (dark ink on white
-   paper) is inverted; ``yes`` / ``no`` force it;
-5. normalised with the mean and std stored in the checkpoint.
+   paper) is inverted when the model is a digit model; ``yes`` / ``no``
+   force it;
+5. normalised with the (per-channel) mean and std stored in the checkpoint.
+
+Class names come from the checkpoint (an image folder's subfolder names, or
+the dataset's own names, e.g. Fashion-MNIST's "Ankle boot").
 
 Tip: MNIST digits fill about 20 x 20 pixels of the 28 x 28 frame, centred.
 A digit cropped tight to its edges, or a tiny one in a big empty image,
@@ -75,16 +82,26 @@ def _border(arr: np.ndarray) -> np.ndarray:
     return np.concatenate([arr[0], arr[-1], arr[1:-1, 0], arr[1:-1, -1]])
 
 
-def load_image(path, image_size: int, in_channels: int = 1, mean: float = 0.0,
-               std: float = 1.0, invert: str = "auto") -> tuple[np.ndarray, bool]:
+# Datasets of light-on-dark, centred objects: inputs are padded, not
+# stretched, and dark-on-light images are inverted by ``--invert auto``.
+DIGIT_STYLE_DATASETS = ("mnist", "fashion-mnist")
+
+
+def load_image(path, image_size: int, in_channels: int = 1, mean=0.0,
+               std=1.0, invert: str = "auto", fit: str = "pad") -> tuple[np.ndarray, bool]:
     """Read one image file and turn it into a normalised model input.
 
     Args:
         path: image file.
         image_size: the model's input side S.
         in_channels: 1 (grayscale) or 3 (RGB).
-        mean, std: normalisation on the [0, 1] scale (the checkpoint's).
-        invert: "auto" (invert when the border is bright), "yes" or "no".
+        mean, std: normalisation on the [0, 1] scale (the checkpoint's): a
+            number, or one per channel.
+        invert: "auto" (invert when the border is bright and ``fit`` is
+            "pad"), "yes" or "no".
+        fit: "pad" (to a square with the border colour, then Lanczos resize:
+            digits) or "resize" (bilinear to S x S, as image folders are read
+            for training).
 
     Returns:
         ``(x, inverted)``: float32 (C, S, S) normalised image, and whether it
@@ -107,16 +124,23 @@ def load_image(path, image_size: int, in_channels: int = 1, mean: float = 0.0,
 
     arr = np.asarray(img)                                   # uint8 (h, w[, 3])
     border = _border(arr)
-    # Pad with the border's own colour so the padding blends into the background.
-    fill = tuple(int(v) for v in np.median(border.reshape(len(border), -1), axis=0))
-    img = ImageOps.pad(img, (image_size, image_size), method=Image.Resampling.LANCZOS,
-                       color=fill[0] if in_channels == 1 else fill)
+    if fit == "pad":
+        # Pad with the border's own colour so the padding blends into the background.
+        fill = tuple(int(v) for v in np.median(border.reshape(len(border), -1), axis=0))
+        img = ImageOps.pad(img, (image_size, image_size), method=Image.Resampling.LANCZOS,
+                           color=fill[0] if in_channels == 1 else fill)
+    elif img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
     x = np.asarray(img, dtype=np.float32) / 255.0           # (S, S[, 3]) in [0, 1]
 
-    inverted = invert == "yes" or (invert == "auto" and float(border.mean()) / 255.0 > 0.5)
+    inverted = invert == "yes" or (invert == "auto" and fit == "pad"
+                                   and float(border.mean()) / 255.0 > 0.5)
     if inverted:
         x = 1.0 - x
     x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)    # (C, S, S)
+    # one mean/std per channel (C, 1, 1), or one for all
+    mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
     return ((x - mean) / std).astype(np.float32), inverted
 
 
@@ -146,18 +170,25 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(f"predict.py: error: {exc}") from None
 
     mcfg = config["model"]
-    info = data.get_dataset_info(config.get("dataset", "mnist"))
-    mean, std = config.get("mean", info.mean), config.get("std", info.std)
-    names = list(info.class_names)
+    dataset = str(config.get("dataset", "mnist"))
+    try:
+        info = data.get_dataset_info(dataset)
+    except ValueError:                      # an image folder: no registry entry
+        info = None
+    mean = config.get("mean", info.mean if info else 0.0)
+    std = config.get("std", info.std if info else 1.0)
+    names = [str(n) for n in config.get("class_names") or (info.class_names if info else [])]
     if len(names) != mcfg.get("num_classes", len(names)):
         names = [str(k) for k in range(mcfg["num_classes"])]
+    fit = "pad" if (info is not None and info.name in DIGIT_STYLE_DATASETS) else "resize"
 
     # Read every file first, so all bad paths are reported in one go.
     inputs, flags, problems = [], [], []
     for path in args.images:
         try:
             x, inverted = load_image(path, mcfg.get("image_size", 28),
-                                     mcfg.get("in_channels", 1), mean, std, args.invert)
+                                     mcfg.get("in_channels", 1), mean, std, args.invert,
+                                     fit)
         except ImageError as exc:
             problems.append(str(exc))
             continue

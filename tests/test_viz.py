@@ -323,6 +323,41 @@ def test_predict_preprocessing_matches_the_training_normalisation(tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_predict_with_an_image_folder_model(tmp_path, capsys):
+    """A model trained on the user's own RGB images: the checkpoint's class names,
+    the per-channel mean/std, and the very resize the training images got."""
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "pets"
+    files = []
+    for name in ("cat", "dog"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):                       # 11 x 13: resized to 8 x 8
+            files.append(folder / name / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (13, 11, 3), dtype=np.uint8)).save(files[-1])
+    from minivit.data.formats import read_image_folder
+    images, _, class_names, paths = read_image_folder(folder, image_size=8, channels=3)
+    assert [str(p) for p in paths] == [str(f) for f in files]
+    mean, std = data.channel_stats(images)
+    model = _tiny_model(in_channels=3, num_classes=2)
+    config = {"model": model.config, "dataset": "imagefolder", "mean": list(mean),
+              "std": list(std), "class_names": class_names, "train": {"epochs": 0}}
+    path = tmp_path / "run" / "best.npz"
+    save_checkpoint(path, model.state_dict(), config=config)
+    predict = _example("predict")
+
+    x, inverted = predict.load_image(files[0], 8, 3, mean, std, invert="auto", fit="resize")
+    assert not inverted                         # no digit-style inversion for photos
+    np.testing.assert_allclose(x, data.normalize(images[:1], mean, std)[0],
+                               rtol=1e-5, atol=1e-5)
+    results = predict.main(["--checkpoint", str(path), "--top", "2", str(files[0])])
+    assert sorted(name for name, _ in results[0]["top"]) == ["cat", "dog"]
+    assert not results[0]["inverted"]
+    probs = viz.predict_probs(model, x[None])[0]
+    assert dict(results[0]["top"]) == pytest.approx({"cat": probs[0], "dog": probs[1]},
+                                                    rel=1e-5)
+
+
 def test_predict_bad_image_files(tmp_path):
     pytest.importorskip("PIL")
     path, _ = _checkpoint(tmp_path)
