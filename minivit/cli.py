@@ -262,7 +262,11 @@ def main(argv=None) -> Trainer:
             done = trainer.resume()
             say(f"resumed from {trainer.last_path}: {done} epoch(s) done, "
                 f"best {100 * max(trainer.best_acc, 0):.2f}%")
-        trainer.fit(stop_after=args.stop_after)
+        try:
+            trainer.fit(stop_after=args.stop_after)
+        finally:
+            if trainer.tensorboard is not None:
+                trainer.tensorboard.close()
 
     if trainer.history:
         final = trainer.history[-1]["test_acc"]
@@ -270,7 +274,9 @@ def main(argv=None) -> Trainer:
               f"{100 * trainer.best_acc:.2f}% (epoch {trainer.best_epoch}); "
               f"total time {format_duration(time.perf_counter() - t_start)}")
     print(f"outputs in {os.path.abspath(out)}: last.npz, best.npz, metrics.jsonl, "
-          "curves.png, confusion_matrix.png")
+          "curves.png, confusion_matrix.png"
+          + (f"; TensorBoard: tensorboard --logdir {args.tensorboard}"
+             if args.tensorboard else ""))
     return trainer
 
 

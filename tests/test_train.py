@@ -50,7 +50,7 @@ TEST = halves_dataset(48, seed=2)
 
 
 def make_trainer(out_dir, model_seed=0, model_kw=None, quiet=True, stream=None,
-                 plots=False, **config_kw):
+                 plots=False, tensorboard=None, **config_kw):
     # a ViT sits on a loss plateau at first: small batches and a high lr get
     # it off quickly (train loss < 0.1 by epoch 5 for model seeds 0-4)
     cfg = dict(epochs=4, batch_size=8, lr=1e-2, warmup_epochs=0.5, min_lr=1e-5,
@@ -59,7 +59,7 @@ def make_trainer(out_dir, model_seed=0, model_kw=None, quiet=True, stream=None,
     model = ViT(**{**TINY_MODEL, **(model_kw or {})}, seed=model_seed)
     return Trainer(model, TRAIN, TEST, TrainConfig(**cfg), out_dir=out_dir,
                    dataset="halves", mean=0.25, std=0.5, class_names=["left", "right"],
-                   quiet=quiet, plots=plots, stream=stream)
+                   quiet=quiet, plots=plots, stream=stream, tensorboard=tensorboard)
 
 
 class FakeTTY(io.StringIO):
@@ -257,6 +257,61 @@ def test_output_quiet_summary_and_live_progress(tmp_path):
     assert "\r" in out and "img/s" in out and "run left" in out and "%|" in out
     assert "epoch 2/2  train loss" in out        # the summary line stays
     assert out.count("\n") == 2
+
+
+def read_tensorboard_events(logdir):
+    """Every Event in the TFRecord files of ``logdir``: records of (uint64 length,
+    uint32 crc, payload, uint32 crc), each payload one serialised Event."""
+    import struct
+    event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
+    events = []
+    files = sorted(os.listdir(logdir))
+    assert any(f.startswith("events.out.tfevents.") for f in files), files
+    for name in files:
+        with open(os.path.join(logdir, name), "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack_from("<Q", data, pos)
+            events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+            pos += 12 + length + 4
+        assert pos == len(data)
+    return events
+
+
+def test_tensorboard_event_file_holds_scalars_and_attention_maps(tmp_path):
+    pytest.importorskip("tensorboardX")
+    logdir = tmp_path / "tb"
+    trainer = make_trainer(tmp_path / "run", epochs=2, tensorboard=str(logdir))
+    history = trainer.fit()
+    trainer.tensorboard.close()
+    scalars, images = {}, {}
+    for event in read_tensorboard_events(logdir):
+        for value in event.summary.value:
+            if value.HasField("image"):
+                images.setdefault(value.tag, []).append(event.step)
+            else:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    steps = trainer.steps_per_epoch
+    # one training loss, lr and gradient norm per optimizer step
+    for tag in ("train/loss", "train/lr", "train/grad_norm"):
+        assert [s for s, _ in scalars[tag]] == list(range(2 * steps)), tag
+    lrs = [v for _, v in scalars["train/lr"]]
+    assert lrs == pytest.approx([trainer.schedule.lr_at(i) for i in range(2 * steps)], rel=1e-6)
+    assert all(v > 0 for _, v in scalars["train/grad_norm"])
+    # per epoch: the test figures of the history, at the epoch's last step
+    for tag, key in (("test/accuracy", "test_acc"), ("test/loss", "test_loss"),
+                     ("train/accuracy", "train_acc")):
+        assert scalars[tag] == [(h["epoch"] * steps, pytest.approx(h[key], rel=1e-6))
+                                for h in history], tag
+    assert len(images) >= 1 and all(v == [steps, 2 * steps] for v in images.values())
+    assert any(tag.startswith("attention_rollout/test_0_") for tag in images)
+
+
+def test_tensorboard_without_the_extra_names_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)    # import fails
+    with pytest.raises(ImportError, match=r"tensorboardX.*\.\[tensorboard\]"):
+        make_trainer(tmp_path, epochs=1, tensorboard=str(tmp_path / "tb"))
 
 
 def test_format_duration():
