@@ -37,51 +37,51 @@ def warp_affine(images: np.ndarray, shifts, angles_deg=0.0, fill=0.0) -> np.ndar
     if images.ndim != 4:
         raise ValueError(f"warp_affine expects (B, C, H, W), got shape {images.shape}")
     B, C, H, W = images.shape
-    shifts = np.broadcast_to(np.asarray(shifts, dtype=np.float64), (B, 2))
+    # float32 coordinates: exact to ~1e-5 px on a 28 px image, and half the memory traffic
+    shifts = np.broadcast_to(np.asarray(shifts, dtype=np.float32), (B, 2))
     theta = np.deg2rad(np.broadcast_to(np.asarray(angles_deg, dtype=np.float64), (B,)))
-    cos = np.cos(theta)[:, None, None]  # (B, 1, 1) to broadcast over the grid
-    sin = np.sin(theta)[:, None, None]
+    cos = np.cos(theta).astype(np.float32)[:, None, None]  # (B, 1, 1): broadcast over the grid
+    sin = np.sin(theta).astype(np.float32)[:, None, None]
 
     # Output grid relative to the image centre, minus the shift: (B, H, W).
     cy, cx = (H - 1) / 2.0, (W - 1) / 2.0
-    ys = np.arange(H, dtype=np.float64)[None, :, None]
-    xs = np.arange(W, dtype=np.float64)[None, None, :]
-    dy = ys - cy - shifts[:, 0, None, None]
-    dx = xs - cx - shifts[:, 1, None, None]
+    dy = (np.arange(H, dtype=np.float32) - cy)[None, :, None] - shifts[:, 0, None, None]
+    dx = (np.arange(W, dtype=np.float32) - cx)[None, None, :] - shifts[:, 1, None, None]
     # Undo the rotation to find the source coordinates. The y axis points
     # down, so this inverse map makes a positive angle turn the picture
     # counter-clockwise on screen (the PIL / torchvision convention).
-    src_y = sin * dx + cos * dy + cy
-    src_x = cos * dx - sin * dy + cx
+    # The +1 counts in an image padded with one ring of ``fill`` (below).
+    src_y = sin * dx + cos * dy + (cy + 1)
+    src_x = cos * dx - sin * dy + (cx + 1)
 
-    # Bilinear interpolation: the four neighbouring pixels and their weights.
-    y0 = np.floor(src_y).astype(np.intp)
-    x0 = np.floor(src_x).astype(np.intp)
-    wy1 = (src_y - y0).astype(images.dtype)
-    wx1 = (src_x - x0).astype(images.dtype)
-    wy0, wx0 = 1 - wy1, 1 - wx1
+    # Pixels outside the image have the value ``fill``: pad it around (one
+    # ring before, two after, so the right/lower neighbour of a clamped
+    # coordinate exists) and clamp the coordinates into the padding, so a
+    # sample from anywhere outside reads fill and needs no inside test.
+    padded = np.empty((B, C, H + 3, W + 3), dtype=images.dtype)
+    padded[...] = np.asarray(fill, dtype=images.dtype).reshape(-1)[:, None, None]
+    padded[:, :, 1:H + 1, 1:W + 1] = images
+    np.clip(src_y, 0, H + 1, out=src_y)
+    np.clip(src_x, 0, W + 1, out=src_x)
 
-    flat = images.reshape(B, C, H * W)
-    b_idx = np.arange(B)[:, None, None]  # (B, 1, 1)
-    c_idx = np.arange(C)[None, :, None]  # (1, C, 1)
-    out = np.zeros((B, C, H * W), dtype=images.dtype)
-    covered = np.zeros((B, 1, H * W), dtype=images.dtype)  # weight from inside
-    for yy, xx, w in (
-        (y0, x0, wy0 * wx0),
-        (y0, x0 + 1, wy0 * wx1),
-        (y0 + 1, x0, wy1 * wx0),
-        (y0 + 1, x0 + 1, wy1 * wx1),
-    ):
-        # Zero padding: a neighbour outside the image contributes nothing.
-        inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        idx = (np.clip(yy, 0, H - 1) * W + np.clip(xx, 0, W - 1)).reshape(B, 1, H * W)
-        weight = np.where(inside, w, 0).reshape(B, 1, H * W)
-        out += weight * flat[b_idx, c_idx, idx]  # gather (B, C, H*W)
-        covered += weight
-    fill = np.asarray(fill, dtype=images.dtype).reshape(-1, 1)   # (1 or C, 1)
-    if fill.any():
-        out += fill * (1 - covered)  # the outside share of each pixel
-    return out.reshape(B, C, H, W)
+    # Bilinear interpolation between the four neighbouring pixels.
+    y0 = src_y.astype(np.intp)                    # floor (coordinates are >= 0)
+    x0 = src_x.astype(np.intp)
+    wy = (src_y - y0).astype(images.dtype).reshape(B, 1, H * W)   # weight of row y0 + 1
+    wx = (src_x - x0).astype(images.dtype).reshape(B, 1, H * W)   # weight of column x0 + 1
+    row = W + 3
+    flat = padded.reshape(B, C, -1)
+    top_left = (y0 * row + x0).reshape(B, 1, H * W)
+
+    def pixels(index):                            # gather (B, C, H*W)
+        return np.take_along_axis(flat, np.broadcast_to(index, (B, C, H * W)), axis=2)
+
+    top = pixels(top_left)
+    top += wx * (pixels(top_left + 1) - top)              # along x in row y0
+    bottom = pixels(top_left + row)
+    bottom += wx * (pixels(top_left + row + 1) - bottom)  # along x in row y0 + 1
+    top += wy * (bottom - top)                            # then along y
+    return top.reshape(B, C, H, W)
 
 
 def augment(
