@@ -52,25 +52,11 @@ from minivit.data.loader import (
     normalize,
 )
 
+from minivit.data import datasets as _datasets
+
 __all__ = [
     "DataError",
-    "DatasetInfo",
-    "DATASETS",
-    "FILE_NAMES",
-    "MNIST_MEAN",
-    "MNIST_STD",
-    "FASHION_MEAN",
-    "FASHION_STD",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "get_dataset_info",
-    "find_data_dir",
-    "dataset_files",
-    "verify_file",
-    "download",
-    "load_dataset",
-    "ImageFolderData",
-    "load_image_folder",
+    *_datasets.__all__,
     "read_idx",
     "write_idx",
     "read_cifar_batch",

@@ -11,6 +11,8 @@ dataset never has to fit in GPU memory.
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Callable, Iterator
 
 import numpy as np
@@ -127,39 +129,29 @@ def iterate_batches(
 class BatchIterator:
     """Re-iterable mini-batches: each ``iter()`` is a new epoch (new shuffle).
 
+    Takes the arguments of :func:`iterate_batches` (``shuffle``, ``rng``,
+    ``augment``, ``drop_last`` by keyword).
+
     >>> batches = BatchIterator(x, y, 128, rng=np.random.default_rng(0))
     >>> for epoch in range(3):
     ...     for xb, yb in batches:
     ...         ...
     """
 
-    def __init__(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        batch_size: int,
-        shuffle: bool = True,
-        rng: np.random.Generator | None = None,
-        augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
-        drop_last: bool = False,
-    ):
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, **options):
         if len(x) != len(y):
             raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
-        self.x, self.y = x, y
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.rng = rng
-        self.augment = augment
-        self.drop_last = drop_last
+        inspect.signature(iterate_batches).bind(x, y, batch_size, **options)  # TypeError if unknown
+        self.x, self.y, self.batch_size, self.options = x, y, batch_size, options
 
     def __len__(self) -> int:
         """Number of batches per epoch."""
         n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return n // self.batch_size if self.options.get("drop_last") else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         # rng resolved per epoch so a later backend.seed() is honoured.
-        rng = backend.host_rng() if self.rng is None else self.rng
-        return iterate_batches(
-            self.x, self.y, self.batch_size, self.shuffle, rng, self.augment, self.drop_last
-        )
+        options = dict(self.options)
+        if options.get("rng") is None:
+            options["rng"] = backend.host_rng()
+        return iterate_batches(self.x, self.y, self.batch_size, **options)
