@@ -219,6 +219,12 @@ def main(argv=None):
                                     / entry["torch"]["infer"]["images_per_s"])
         results["configs"][name] = entry
 
+    reference = results["configs"].get("mnist-s", {}).get("torch")
+    if reference is not None and torch_device == "cpu":
+        # training times are quoted in reference-seconds: wall seconds scaled to a
+        # machine on which PyTorch trains mnist-s at REFERENCE_TORCH_IMG_S
+        per_s = reference["train"]["images_per_s"]
+        results["reference_seconds_per_wall_second"] = per_s / REFERENCE_TORCH_IMG_S
     print_table(results)
     if args.json:
         tmp = args.json + ".tmp"
@@ -291,6 +297,11 @@ def interleaved(contestants, reps, warmup, rounds=2):
     return times
 
 
+# PyTorch CPU training throughput on mnist-s (img/s) that defines one
+# reference-second; see README, "Measuring speed".
+REFERENCE_TORCH_IMG_S = 4600.0
+
+
 def print_table(results):
     m = results["machine"]
     print(f"\nmachine: {m['processor']}, {m['cpu_count']} cores, {m['threads']} threads, "
@@ -317,6 +328,12 @@ def print_table(results):
               f"{tr['gflops']:>9.1f}{100 * tr['fraction_of_matmul']:>7.0f}%"
               f"{inf['images_per_s']:>12.0f}{torch_infer:>9}{ratio_infer:>7}"
               f"{e['peak_train_memory_mb']:>9.1f}")
+    scale = results.get("reference_seconds_per_wall_second")
+    if scale is not None:
+        torch_img_s = results["configs"]["mnist-s"]["torch"]["train"]["images_per_s"]
+        print(f"\nreference-seconds = wall seconds x {torch_img_s:.0f} / "
+              f"{REFERENCE_TORCH_IMG_S:.0f} = wall seconds x {scale:.3f}  "
+              f"(PyTorch CPU mnist-s train img/s in this run)")
 
 
 if __name__ == "__main__":
