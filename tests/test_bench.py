@@ -42,3 +42,12 @@ def test_benchmark_smoke(tmp_path, capsys, monkeypatch, use_torch):
     assert json.loads(out.read_text())["configs"]["mnist-s"]["batch_size"] == 8
     table = capsys.readouterr().out
     assert "mnist-s" in table and "GFLOP/s" in table
+    # reference-seconds: wall seconds x (PyTorch mnist-s img/s in this run) / 4600
+    torch_img_s = entry["torch"]["train"]["images_per_s"] if use_torch else None
+    if use_torch:
+        scale = results["reference_seconds_per_wall_second"]
+        assert scale == pytest.approx(torch_img_s / 4600)
+        assert f"wall seconds x {torch_img_s:.0f} / 4600 = wall seconds x {scale:.3f}" in table
+    else:
+        assert "reference_seconds_per_wall_second" not in results
+        assert "reference-seconds" not in table
