@@ -338,3 +338,13 @@ def test_gzip_header_variants_are_content_checked(tmp_path):
     (tmp_path / "b").write_bytes(zlib.compress(raw))
     assert data.content_md5(tmp_path / "a.gz") == download_mod.md5_bytes(raw)
     assert data.content_md5(tmp_path / "b") != download_mod.md5_bytes(raw)
+
+
+def test_public_names_of_the_old_module_still_import(tmp_path):
+    from minivit.data import IDX_IMAGES, IDX_LABELS, verify_md5
+    assert (IDX_LABELS, IDX_IMAGES) == (2049, 2051)
+    path = tmp_path / "blob"
+    path.write_bytes(b"minivit")
+    verify_md5(path, download_mod.md5_bytes(b"minivit"))
+    with pytest.raises(DataError, match=r"blob.*expected 0+, found [0-9a-f]{32}"):
+        verify_md5(path, "0" * 32)

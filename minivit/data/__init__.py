@@ -41,9 +41,17 @@ from minivit.data.datasets import (
     load_dataset,
     load_image_folder,
     verify_file,
+    verify_md5,
 )
 from minivit.data.download import DataError, content_md5, md5sum
-from minivit.data.formats import read_cifar_batch, read_idx, read_image_folder, write_idx
+from minivit.data.formats import (
+    IDX_IMAGES,
+    IDX_LABELS,
+    read_cifar_batch,
+    read_idx,
+    read_image_folder,
+    write_idx,
+)
 from minivit.data.loader import (
     BatchIterator,
     channel_stats,
@@ -57,6 +65,8 @@ from minivit.data import datasets as _datasets
 __all__ = [
     "DataError",
     *_datasets.__all__,
+    "IDX_IMAGES",
+    "IDX_LABELS",
     "read_idx",
     "write_idx",
     "read_cifar_batch",

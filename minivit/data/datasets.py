@@ -54,6 +54,7 @@ __all__ = [
     "find_data_dir",
     "dataset_files",
     "verify_file",
+    "verify_md5",
     "download",
     "load_dataset",
     "ImageFolderData",
@@ -284,6 +285,12 @@ def _check_md5(path, expected: str | None, actual: str, what: str = "content") -
     if expected and actual != expected.lower():
         raise file_error(path, f"md5 of its {what} mismatch: expected {expected}, found {actual} "
                                "(the file holds other data than the dataset's, or is damaged)")
+
+
+def verify_md5(path, expected: str) -> None:
+    """Raise DataError naming the file and both digests unless the md5 of the
+    file's bytes as stored (not decompressed: for archives) is ``expected``."""
+    _check_md5(path, expected, md5sum(path), what="bytes")
 
 
 def verify_file(info: DatasetInfo, base: str, path) -> None:
