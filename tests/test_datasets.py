@@ -243,6 +243,22 @@ def test_cifar_label_out_of_range(tmp_path, cifar_archive):
         data.load_dataset(info, folder, download=False, verify=False)
 
 
+def test_every_preset_sets_every_value():
+    """A preset missing a key would silently inherit the mnist preset's value."""
+    from minivit.config import PRESETS
+    keys = set(PRESETS["mnist"])
+    for name, values in PRESETS.items():
+        assert set(values) == keys, name
+
+
+def test_presets_and_flags():
+    from examples.train_mnist import parse_args
+    assert parse_args([]).preset == "mnist"
+    long = parse_args(["--preset", "mnist-long", "--epochs", "3"])
+    assert long.patch_size == 4 and long.epochs == 3          # a flag overrides the preset
+    assert parse_args(["--dataset", "fashion-mnist"]).preset == "mnist"
+
+
 def test_cifar_cli_preset():
     from examples.train_mnist import model_kwargs, parse_args
     args = parse_args(["--dataset", "cifar10"])
