@@ -397,11 +397,12 @@ def test_example_resume_via_the_command_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_default_recipe_reaches_the_advertised_accuracy(tmp_path, capsys):
-    """The README's main command, defaults unchanged, on full MNIST: >= 98.5%
-    test accuracy (measured 98.82%; about 4 minutes on 2 CPU cores)."""
+    """The README's main command, defaults unchanged, on full MNIST: >= 99.0%
+    test accuracy (measured 99.10%, 99.17%, 99.16% for seeds 0, 1, 2; about
+    6 minutes on 2 CPU cores)."""
     _mnist_dir()
     example = _load_example()
     trainer = example.main(["--quiet", "--out", str(tmp_path / "default")])
     capsys.readouterr()
-    assert len(trainer.history) == 12
-    assert trainer.history[-1]["test_acc"] >= 0.985
+    assert len(trainer.history) == 13
+    assert trainer.history[-1]["test_acc"] >= 0.990
