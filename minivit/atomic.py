@@ -28,11 +28,13 @@ def _fsync_dir(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode: str = "wb"):
+def atomic_write(path, mode: str = "wb", check=None):
     """``with atomic_write(path) as f: f.write(...)``: ``path`` appears whole or not at all.
 
     Parent folders are created. The file gets the usual 0644 permissions
-    (``mkstemp`` would leave 0600).
+    (``mkstemp`` would leave 0600). ``check(tmp_path)``, if given, runs on the
+    complete temporary file before it replaces ``path`` (e.g. a checksum of a
+    download); if it raises, ``path`` is left untouched.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -43,6 +45,8 @@ def atomic_write(path, mode: str = "wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

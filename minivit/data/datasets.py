@@ -22,12 +22,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from minivit.atomic import atomic_write
 from minivit.data.download import (
     DataError,
     cache_root,
@@ -328,15 +328,8 @@ def _extract_members(info: DatasetInfo, archive: Path, folder: Path, names) -> N
                 raw = tar.extractfile(member).read()
                 _check_md5(f"{archive}:{member.name}", info.content_md5.get(base),
                            md5_bytes(raw))
-                fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{base}.", suffix=".part")
-                try:
-                    with os.fdopen(fd, "wb") as out:
-                        out.write(raw)
-                    os.chmod(tmp, 0o644)
-                    os.replace(tmp, target / base)
-                except BaseException:
-                    os.unlink(tmp)
-                    raise
+                with atomic_write(target / base) as out:
+                    out.write(raw)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise file_error(archive, f"not a readable tar archive ({exc})") from exc
 

@@ -23,11 +23,12 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 from typing import Callable, Sequence
+
+from minivit.atomic import atomic_write
 
 __all__ = [
     "DataError",
@@ -150,32 +151,18 @@ def _fetch(url: str, dest: Path, check: Callable[[Path], None] | None, timeout: 
     """Stream ``url`` to a temporary file next to ``dest``, check it, move it in.
 
     ``check(tmp_path)`` raises DataError when the download is not the expected
-    file. Returns the number of bytes written; on any failure the temporary
-    file is removed and ``dest`` is untouched.
+    file. Returns the number of bytes written; on any failure (network error,
+    bad checksum, Ctrl-C) the temporary file is removed and ``dest`` is untouched.
     """
     request = urllib.request.Request(url, headers={"User-Agent": "minivit-data/1.0"})
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    done = False
-    try:
-        size = 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
-            while chunk := resp.read(1 << 16):
-                out.write(chunk)
-                size += len(chunk)
-        if check is not None:
-            check(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache file may be shared
-        os.replace(tmp, dest)
-        done = True
-        return size
-    finally:
-        # Any exit without the rename - network error, bad checksum, Ctrl-C -
-        # removes the partial file.
-        if not done:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+    verify = None if check is None else (lambda tmp: check(Path(tmp)))
+    size = 0
+    with atomic_write(dest, check=verify) as out, \
+            urllib.request.urlopen(request, timeout=timeout) as resp:
+        while chunk := resp.read(1 << 16):
+            out.write(chunk)
+            size += len(chunk)
+    return size
 
 
 def fetch_first(
