@@ -82,11 +82,6 @@ def _border(arr: np.ndarray) -> np.ndarray:
     return np.concatenate([arr[0], arr[-1], arr[1:-1, 0], arr[1:-1, -1]])
 
 
-# Datasets of light-on-dark, centred objects: inputs are padded, not
-# stretched, and dark-on-light images are inverted by ``--invert auto``.
-DIGIT_STYLE_DATASETS = ("mnist", "fashion-mnist")
-
-
 def load_image(path, image_size: int, in_channels: int = 1, mean=0.0,
                std=1.0, invert: str = "auto", fit: str = "pad") -> tuple[np.ndarray, bool]:
     """Read one image file and turn it into a normalised model input.
@@ -180,7 +175,8 @@ def main(argv=None) -> list[dict]:
     names = [str(n) for n in config.get("class_names") or (info.class_names if info else [])]
     if len(names) != mcfg.get("num_classes", len(names)):
         names = [str(k) for k in range(mcfg["num_classes"])]
-    fit = "pad" if (info is not None and info.name in DIGIT_STYLE_DATASETS) else "resize"
+    # light objects on dark (MNIST-style): pad, don't stretch; invert dark-on-light
+    fit = "pad" if (info is not None and info.light_on_dark) else "resize"
 
     # Read every file first, so all bad paths are reported in one go.
     inputs, flags, problems = [], [], []

@@ -103,6 +103,9 @@ class DatasetInfo:
             holds the files.
         system_dirs: folders a system package installs (checked after
             MINIVIT_DATA, before the cache).
+        light_on_dark: the images are light, centred objects on a dark
+            background (MNIST-style): a new image is padded rather than
+            stretched, and inverted when it is dark on light (predict.py).
 
     Tests build their own with ``dataclasses.replace`` (local mirrors, small
     counts, their own checksums).
@@ -124,6 +127,7 @@ class DatasetInfo:
     archive_md5: str | None = None
     archive_dir: str = ""
     system_dirs: tuple[str, ...] = ()
+    light_on_dark: bool = False
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -154,6 +158,7 @@ DATASETS: dict[str, DatasetInfo] = {
         mean=MNIST_MEAN,
         std=MNIST_STD,
         class_names=tuple(str(d) for d in range(10)),
+        light_on_dark=True,
     ),
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
@@ -178,6 +183,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
         ),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
+        light_on_dark=True,
     ),
     "cifar10": DatasetInfo(
         name="cifar10",
