@@ -10,7 +10,7 @@ import numpy as np
 
 from minivit import backend
 
-__all__ = ["warp_affine", "augment"]
+__all__ = ["warp_affine", "augment", "random_transforms"]
 
 
 def warp_affine(images: np.ndarray, shifts, angles_deg=0.0, fill=0.0) -> np.ndarray:
@@ -112,12 +112,26 @@ def augment(
     ``fill`` (e.g. ``functools.partial(augment, fill=-MNIST_MEAN / MNIST_STD)``).
     """
     images = np.asarray(images)
-    if max_shift == 0 and max_rotate_deg == 0:
-        return images
     if images.ndim != 4:
         raise ValueError(f"augment expects (B, C, H, W), got shape {images.shape}")
+    transforms = random_transforms(len(images), rng, max_shift, max_rotate_deg)
+    if transforms is None:
+        return images
+    return warp_affine(images, *transforms, fill)
+
+
+def random_transforms(batch: int, rng: np.random.Generator | None = None,
+                      max_shift: int = 2, max_rotate_deg: float = 10.0):
+    """The random draws of :func:`augment` for ``batch`` images, without the warp.
+
+    Returns ``(shifts (B, 2), angles (B,))``, or None when both maxima are 0
+    (then nothing is drawn). Data-parallel ranks draw for the whole global
+    batch, from the same generator, and warp only their own rows: the images
+    are then augmented exactly as one process would augment them.
+    """
+    if max_shift == 0 and max_rotate_deg == 0:
+        return None
     rng = backend.host_rng() if rng is None else rng
-    B = images.shape[0]
-    shifts = rng.integers(-int(max_shift), int(max_shift), size=(B, 2), endpoint=True)
-    angles = rng.uniform(-max_rotate_deg, max_rotate_deg, size=B)
-    return warp_affine(images, shifts, angles, fill)
+    shifts = rng.integers(-int(max_shift), int(max_shift), size=(batch, 2), endpoint=True)
+    angles = rng.uniform(-max_rotate_deg, max_rotate_deg, size=batch)
+    return shifts, angles
