@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from minivit import backend
+from minivit import backend, distributed
 from minivit.config import PRESETS, TrainConfig, preset_for
 from minivit.data import (
     DATASETS,
@@ -159,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "first run)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress or per-epoch lines, only the final result")
+
+    g = p.add_argument_group("several processes (MPI; launch with mpirun -n N or srun)")
+    g.add_argument("--distributed", action="store_true",
+                   help="use MPI even when not started by a launcher (otherwise detected "
+                        "from mpirun/srun); needs the [mpi] extra")
+    g.add_argument("--collective-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
+                   metavar="SECONDS",
+                   help="abort all ranks when one waits this long for the others "
+                        "(a rank died or hangs); 0 waits forever")
     p.set_defaults(**PRESETS["mnist"])
     return p
 
@@ -181,8 +190,9 @@ def model_kwargs(args, image_size: int, in_channels: int, num_classes: int) -> d
                 pool=args.pool, pos_embed=args.pos_embed, seed=args.seed)
 
 
-def load_data(args):
-    """Load, subset and normalise the data the options ask for.
+def load_data(args, quiet: bool | None = None):
+    """Load, subset and normalise the data the options ask for (``quiet``:
+    no download messages; default ``args.quiet``).
 
     Returns:
         (x_train, y_train), (x_test, y_test) as host arrays (x float
@@ -202,7 +212,8 @@ def load_data(args):
         std = args.std if args.std is not None else measured[1]
     else:
         info = get_dataset_info(args.dataset)
-        x_train, y_train, x_test, y_test = load_dataset(info, args.data_dir, quiet=args.quiet)
+        x_train, y_train, x_test, y_test = load_dataset(
+            info, args.data_dir, quiet=args.quiet if quiet is None else quiet)
         names, mean, std, evaluated_on = info.class_names, info.mean, info.std, "test set"
     if args.val_split:
         if args.val_split >= len(x_train):
@@ -223,17 +234,33 @@ def load_data(args):
 
 def main(argv=None) -> Trainer:
     """Parse ``argv`` (default sys.argv[1:]), train, and return the Trainer
-    (``trainer.history``, ``trainer.best_acc``, ``trainer.out_dir``, ...)."""
+    (``trainer.history``, ``trainer.best_acc``, ``trainer.out_dir``, ...).
+
+    Under ``mpirun -n N`` (or with ``--distributed``) every rank runs this;
+    they train one model data-parallel and rank 0 alone prints and writes.
+    """
     args = parse_args(argv)
     t_start = time.perf_counter()
-    say = (lambda *a: None) if args.quiet else print
+    world = distributed.init(require=args.distributed,
+                             timeout=args.collective_timeout or None)
+    with world.abort_on_error():
+        return _train(args, world, t_start)
+
+
+def _train(args, world, t_start) -> Trainer:
+    say = (lambda *a: None) if args.quiet or not world.is_main else print
     out = args.out or os.path.join("runs", args.dataset)
 
     # Everything below builds arrays in args.dtype; ``using`` restores the
     # previous default (and the rng) afterwards, so main() can be called
     # from tests without side effects.
     with backend.using(dtype=args.dtype):
-        train, test, names, mean, std, evaluated_on = load_data(args)
+        if world.is_main:               # rank 0 downloads what is missing, then the rest read
+            train, test, names, mean, std, evaluated_on = load_data(args)
+            world.barrier(watched=False)
+        else:
+            world.barrier(watched=False)
+            train, test, names, mean, std, evaluated_on = load_data(args, quiet=True)
         x_train = train[0]
         model = ViT(**model_kwargs(args, x_train.shape[-1], x_train.shape[1], len(names)))
         config = TrainConfig(
@@ -246,8 +273,12 @@ def main(argv=None) -> Trainer:
             max_rotate=args.max_rotate, seed=args.seed)
         trainer = Trainer(model, train, test, config, out_dir=out, dataset=args.dataset,
                           mean=mean, std=std, class_names=names, quiet=args.quiet,
-                          tensorboard=args.tensorboard)
+                          tensorboard=args.tensorboard, world=world)
 
+        if world.distributed:
+            say(f"data parallel over {world.size} MPI ranks: {config.batch_size // world.size} "
+                f"images per rank per step, {trainer.buckets.nbytes / 2**20:.2f} MB of "
+                f"gradients in {len(trainer.buckets.buffers)} bucket(s) reduced per step")
         say(f"backend {backend.name} ({args.dtype}); dataset {args.dataset} "
             f"(preset {args.preset}): {len(x_train)} train images, {len(test[0])} "
             f"evaluated ({evaluated_on})")
@@ -268,6 +299,8 @@ def main(argv=None) -> Trainer:
             if trainer.tensorboard is not None:
                 trainer.tensorboard.close()
 
+    if not world.is_main:
+        return trainer
     if trainer.history:
         final = trainer.history[-1]["test_acc"]
         print(f"final test accuracy {100 * final:.2f}%, best "
@@ -284,8 +317,12 @@ def run(argv=None) -> int:
     """:func:`main` for a script: errors become one clear line and an exit code."""
     try:
         main(argv)
-    except (NonFiniteLossError, DataError, FileNotFoundError, ImportError) as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
+    except (NonFiniteLossError, DataError, FileNotFoundError, ImportError,
+            distributed.DistributedError) as exc:
+        # On several ranks only errors raised by all of them get here (any
+        # other aborts the job): rank 0 speaks for everyone.
+        if distributed.current().is_main:
+            print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted; run again with --resume to continue from the last "

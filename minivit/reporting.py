@@ -39,7 +39,7 @@ __all__ = [
 
 # The keys of every line of metrics.jsonl (and of every history entry).
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
-               "epoch_time_s", "images_per_s", "elapsed_s")
+               "epoch_time_s", "images_per_s", "elapsed_s", "comm_time_s")
 
 
 def _is_terminal(stream) -> bool:
@@ -109,8 +109,9 @@ class Progress:
                 f"train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}%  "
                 f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%"
                 f"{' *' if improved else '  '}  lr {r['lr']:.2e}  "
-                f"{r['images_per_s']:.0f} img/s  {r['epoch_time_s']:.1f} s  "
-                f"elapsed {format_duration(r['elapsed_s'])}")
+                f"{r['images_per_s']:.0f} img/s  {r['epoch_time_s']:.1f} s"
+                + (f" (allreduce {r['comm_time_s']:.1f} s)" if r.get("comm_time_s") else "")
+                + f"  elapsed {format_duration(r['elapsed_s'])}")
         self.stream.write(line + "\n")
         self.stream.flush()
 

@@ -29,11 +29,16 @@ Data stay on the host as NumPy arrays; each batch crosses to the active
 backend with :func:`minivit.backend.to_device`, and only Python scalars and
 host arrays come back (for logging and saving), so the loop runs unchanged on
 CuPy.
+
+Data parallel (``mpirun -n N``, see :mod:`minivit.distributed`): every rank
+runs this same loop on the same global batches, takes its own rows of each,
+and between ``backward`` and the clipping the gradients are summed over the
+ranks, each weighted by its share of the batch. Evaluation is split the same
+way and its counts summed. Rank 0 alone writes files and prints.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
@@ -42,11 +47,11 @@ from typing import Sequence
 
 import numpy as np
 
-from minivit import backend, viz
+from minivit import backend, distributed, viz
 from minivit.checkpoint import load_checkpoint, save_checkpoint
 from minivit.config import TrainConfig
-from minivit.data import augment as augment_batch
 from minivit.data import iterate_batches
+from minivit.data.augment import random_transforms, warp_affine
 from minivit.loss import cross_entropy
 from minivit.metrics import Evaluation, confusion_matrix, evaluate
 from minivit.optim import SGD, AdamW, WarmupCosine, clip_grad_norm_, param_groups_weight_decay
@@ -80,6 +85,10 @@ TENSORBOARD_IMAGES = 4
 
 class NonFiniteLossError(RuntimeError):
     """The loss (or the gradient norm) became inf/NaN: training diverged."""
+
+    # Loss and gradients are summed over the ranks before they are checked,
+    # so every rank raises this together (no rank is left waiting).
+    all_ranks = True
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:
@@ -119,6 +128,10 @@ class Trainer:
         stream: where progress goes (default sys.stdout).
         tensorboard: a folder for TensorBoard event files (needs tensorboardX),
             or None.
+        world: a :class:`minivit.distributed.World` to train data-parallel on
+            (default: this process alone). On ranks other than 0 nothing is
+            written or printed.
+        bucket_bytes: size of the flat gradient buffers reduced in one call.
 
     Attributes:
         epoch: number of finished epochs (the next epoch to run is ``epoch + 1``).
@@ -130,9 +143,12 @@ class Trainer:
     def __init__(self, model, train_data, test_data, config: TrainConfig | None = None,
                  out_dir="runs/train", dataset: str = "mnist", mean=0.0, std=1.0,
                  class_names: Sequence[str] | None = None, quiet: bool = False,
-                 plots: bool = True, stream=None, tensorboard=None):
+                 plots: bool = True, stream=None, tensorboard=None, world=None,
+                 bucket_bytes: int = distributed.DEFAULT_BUCKET_BYTES):
         self.model = model
         self.config = TrainConfig() if config is None else config
+        self.world = distributed.SINGLE_PROCESS if world is None else world
+        main = self.world.is_main
         self.x_train, self.y_train = self._check_data(train_data, "train_data")
         self.x_test, self.y_test = self._check_data(test_data, "test_data")
         self.out_dir = os.fspath(out_dir)
@@ -141,10 +157,11 @@ class Trainer:
         num_classes = int(getattr(model, "config", {}).get("num_classes", 10))
         self.class_names = ([str(c) for c in class_names] if class_names is not None
                             else [str(i) for i in range(num_classes)])
-        self.plots = plots
-        self.progress = Progress(self.config.epochs, len(self.x_train), stream, quiet)
+        self.plots = plots and main
+        self.progress = Progress(self.config.epochs, len(self.x_train), stream,
+                                 quiet or not main)
         self.metrics_log = MetricsLog(self.path("metrics.jsonl"))
-        self.tensorboard = TensorBoardLog(tensorboard) if tensorboard else None
+        self.tensorboard = TensorBoardLog(tensorboard) if tensorboard and main else None
 
         cfg = self.config
         self.steps_per_epoch = -(-len(self.x_train) // cfg.batch_size)
@@ -160,6 +177,7 @@ class Trainer:
         self.best_epoch = 0
         self.last_eval: Evaluation | None = None
         self._elapsed_before = 0.0   # seconds spent in earlier (resumed) sessions
+        self.buckets = self._setup_ranks(bucket_bytes) if self.world.distributed else None
 
     # -- setup ----------------------------------------------------------------
     @staticmethod
@@ -179,6 +197,31 @@ class Trainer:
         if len(x) == 0:
             raise ValueError(f"{what} is empty")
         return x, y.astype(np.int64)
+
+    def _setup_ranks(self, bucket_bytes: int):
+        """Check that all ranks agree, give them rank 0's weights, and put the
+        gradients into flat buckets."""
+        world, cfg = self.world, self.config
+        sample = slice(None, None, max(1, len(self.x_train) // 4096))
+        distributed.check_same_everywhere(world, {
+            **distributed.flatten(self.checkpoint_config()),
+            "training images": len(self.x_train),
+            "test images": len(self.x_test),
+            "training data digest": distributed.fingerprint(self.x_train[sample]),
+            "training labels digest": distributed.fingerprint(self.y_train),
+            "test labels digest": distributed.fingerprint(self.y_test),
+        })
+        if cfg.batch_size % world.size:
+            lower = cfg.batch_size - cfg.batch_size % world.size
+            err = distributed.DistributedError(
+                f"the batch of {cfg.batch_size} images does not split over {world.size} "
+                f"ranks: use a multiple of {world.size} (--batch-size {lower or world.size} "
+                f"or {lower + world.size}) or a number of ranks that divides "
+                f"{cfg.batch_size}")
+            err.all_ranks = True
+            raise err
+        distributed.broadcast_parameters(self.model, world)
+        return distributed.GradientBuckets(self.model.parameters(), world, bucket_bytes)
 
     def _make_optimizer(self):
         cfg = self.config
@@ -221,7 +264,9 @@ class Trainer:
 
     # -- saving and resuming --------------------------------------------------
     def save(self, path) -> str:
-        """Write a checkpoint of the current state (atomic)."""
+        """Write a checkpoint of the current state (atomic; rank 0 only)."""
+        if not self.world.is_main:
+            return os.fspath(path)
         return save_checkpoint(
             path, self.model.state_dict(), self.optimizer.state_dict(),
             epoch=self.epoch, config=self.checkpoint_config(),
@@ -240,12 +285,18 @@ class Trainer:
         Returns the number of finished epochs.
         """
         path = self.last_path if path is None else os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"cannot resume: {path} does not exist (no finished epoch was saved "
-                "in this output folder); drop --resume to start a new run, or pass "
-                "the --out folder of the run to continue")
-        ckpt = load_checkpoint(path)
+        # Rank 0 reads the file and sends it to the others (no shared disk
+        # needed); an error there is raised on every rank.
+        ckpt, error = None, None
+        if self.world.is_main:
+            try:
+                ckpt = self._read_checkpoint(path)
+            except (OSError, ValueError) as exc:
+                error = exc
+        ckpt, error = self.world.broadcast((ckpt, error))
+        if error is not None:
+            error.all_ranks = True
+            raise error
         saved = ckpt["config"]
         model_diff = _config_differences(saved.get("model", {}), dict(self.model.config))
         if model_diff:
@@ -256,7 +307,7 @@ class Trainer:
         train_now = self.checkpoint_config()["train"]
         train_diff = _config_differences(saved.get("train", {}), train_now)
         train_diff = [d for d in train_diff if not d.startswith("backend:")]
-        if train_diff:
+        if train_diff and self.world.is_main:
             warnings.warn(
                 f"resuming from {path} with different training settings ("
                 + "; ".join(train_diff)
@@ -276,9 +327,19 @@ class Trainer:
         self._elapsed_before = float(self.history[-1]["elapsed_s"]) if self.history else 0.0
         # metrics.jsonl may hold epochs after the checkpoint (a crash between
         # the two writes): rewrite it from the checkpoint's history.
-        os.makedirs(self.out_dir, exist_ok=True)
-        self.metrics_log.rewrite(self.history)
+        if self.world.is_main:
+            os.makedirs(self.out_dir, exist_ok=True)
+            self.metrics_log.rewrite(self.history)
         return self.epoch
+
+    @staticmethod
+    def _read_checkpoint(path: str) -> dict:
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"cannot resume: {path} does not exist (no finished epoch was saved "
+                "in this output folder); drop --resume to start a new run, or pass "
+                "the --out folder of the run to continue")
+        return load_checkpoint(path)
 
     # -- the loop -------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> list[dict]:
@@ -294,14 +355,16 @@ class Trainer:
             NonFiniteLossError: the loss became inf/NaN. Nothing of the failed
                 epoch is saved; last.npz still holds the previous epoch.
         """
-        os.makedirs(self.out_dir, exist_ok=True)
-        if self.epoch == 0:
-            self.metrics_log.rewrite([])          # a new run: start afresh
+        if self.world.is_main:
+            os.makedirs(self.out_dir, exist_ok=True)
+            if self.epoch == 0:
+                self.metrics_log.rewrite([])      # a new run: start afresh
         end = self.config.epochs if stop_after is None else min(stop_after, self.config.epochs)
         session_start = time.perf_counter()
         try:
             for epoch in range(self.epoch + 1, end + 1):
                 epoch_start = time.perf_counter()
+                comm_start = self.world.comm_seconds
                 train_loss, train_acc, train_time = self.train_epoch(epoch)
                 result = self.evaluate()
                 if not math.isfinite(result.loss):
@@ -320,6 +383,7 @@ class Trainer:
                     "epoch_time_s": now - epoch_start,
                     "images_per_s": len(self.x_train) / train_time,
                     "elapsed_s": self._elapsed_before + (now - session_start),
+                    "comm_time_s": self.world.comm_seconds - comm_start,
                 }
                 self.epoch, self.last_eval = epoch, result
                 self.history.append(record)
@@ -331,7 +395,8 @@ class Trainer:
                 self.save(self.last_path)
                 if improved:
                     self.save(self.best_path)
-                self.metrics_log.append(record)
+                if self.world.is_main:
+                    self.metrics_log.append(record)
                 if self.plots:
                     self.make_plots()
                 if self.tensorboard is not None:
@@ -345,34 +410,40 @@ class Trainer:
 
     def train_epoch(self, epoch: int):
         """One pass over the training set. Returns (mean loss, accuracy, seconds)."""
-        cfg = self.config
-        # Everything random in this epoch derives from (seed, epoch) only.
-        backend.seed(cfg.seed * 1000 + epoch)                 # dropout masks
+        cfg, world = self.config, self.world
+        # Everything random in this epoch derives from (seed, epoch) only: the
+        # same shuffle and augmentation draws on every rank; dropout masks
+        # (rank 0's as in one process) differ between ranks.
+        backend.seed(_rank_seed(cfg.seed * 1000 + epoch, world.rank))   # dropout masks
         rng = np.random.default_rng([cfg.seed, epoch])       # shuffle + augmentation
-        aug = None
-        if cfg.augment:
-            background = -np.asarray(self.mean) / np.asarray(self.std)   # normalised 0
-            aug = functools.partial(augment_batch, max_shift=cfg.max_shift,
-                                    max_rotate_deg=cfg.max_rotate, fill=background)
+        background = -np.asarray(self.mean) / np.asarray(self.std)   # normalised 0
         self.model.train()
         params = self.model.parameters()
         n_seen, loss_sum, correct = 0, 0.0, 0
         self.progress.start_epoch(epoch)
         start = time.perf_counter()
         batches = iterate_batches(self.x_train, self.y_train, cfg.batch_size,
-                                  shuffle=True, rng=rng, augment=aug)
-        for i, (xb_host, yb_host) in enumerate(batches):
+                                  shuffle=True, rng=rng)
+        for i, (xb_batch, yb_batch) in enumerate(batches):
             step = (epoch - 1) * self.steps_per_epoch + i     # global 0-based step
             lr = self.schedule.apply(self.optimizer, step)
-            xb = backend.to_device(xb_host)
-            yb = backend.to_device(yb_host)
+            b = len(xb_batch)
+            lo, hi = distributed.shard_bounds(b, world.rank, world.size)   # my rows
+            xb_host, yb_host = xb_batch[lo:hi], yb_batch[lo:hi]
+            transforms = (random_transforms(b, rng, cfg.max_shift, cfg.max_rotate)
+                          if cfg.augment else None)          # drawn for the whole batch
+            if transforms is not None:
+                xb_host = warp_affine(xb_host, *(t[lo:hi] for t in transforms), background)
             self.optimizer.zero_grad()
-            logits = self.model.forward(xb)
-            loss, dlogits = cross_entropy(logits, yb, cfg.label_smoothing)
+            loss, hits = self._forward_backward(xb_host, yb_host)
+            if self.buckets is not None:
+                # g <- sum_r (n_r / b) g_r: the gradient of the whole batch's mean loss
+                self.buckets.allreduce_((hi - lo) / b)
+                loss_total, hits = world.sum([loss * (hi - lo), hits])
+                loss = float(loss_total) / b
             if not math.isfinite(loss):
                 raise NonFiniteLossError(self._diverged_message(
                     f"the training loss is {loss}", epoch, i, lr))
-            self.model.backward(dlogits)
             norm = None
             if cfg.clip_grad is not None:
                 norm = clip_grad_norm_(params, cfg.clip_grad)
@@ -381,10 +452,9 @@ class Trainer:
                         f"the gradient norm is {norm}", epoch, i, lr))
             self.optimizer.step()
 
-            b = len(xb_host)
             n_seen += b
             loss_sum += loss * b
-            correct += int((logits.argmax(axis=1) == yb).sum())  # one scalar to host
+            correct += int(hits)
             self.progress.step(b, loss_sum / n_seen, correct / n_seen)
             if self.tensorboard is not None:
                 self.tensorboard.scalars(step, {"train/loss": loss, "train/lr": lr,
@@ -392,10 +462,34 @@ class Trainer:
         backend.synchronize()
         return loss_sum / n_seen, correct / n_seen, time.perf_counter() - start
 
+    def _forward_backward(self, xb_host, yb_host):
+        """Loss (mean over these images) and number classified right; the
+        gradients are added into the parameters' ``.grad``. A rank with no
+        rows of a (last, small) batch contributes nothing."""
+        if len(xb_host) == 0:
+            return 0.0, 0
+        xb, yb = backend.to_device(xb_host), backend.to_device(yb_host)
+        logits = self.model.forward(xb)
+        loss, dlogits = cross_entropy(logits, yb, self.config.label_smoothing)
+        self.model.backward(dlogits)
+        return loss, int((logits.argmax(axis=1) == yb).sum())    # one scalar to host
+
     def evaluate(self) -> Evaluation:
-        """Evaluate the current model on the test set."""
-        return evaluate(self.model, self.x_test, self.y_test,
-                        self.config.eval_batch_size, self.config.label_smoothing)
+        """Evaluate the current model on the test set (split over the ranks)."""
+        cfg, world = self.config, self.world
+        if not world.distributed:
+            return evaluate(self.model, self.x_test, self.y_test,
+                            cfg.eval_batch_size, cfg.label_smoothing)
+        n = len(self.x_test)
+        lo, hi = distributed.shard_bounds(n, world.rank, world.size)
+        mine = (evaluate(self.model, self.x_test[lo:hi], self.y_test[lo:hi],
+                         cfg.eval_batch_size, cfg.label_smoothing) if hi > lo else None)
+        loss_sum, hits = world.sum([mine.loss * (hi - lo) if mine else 0.0,
+                                    int((mine.predictions == self.y_test[lo:hi]).sum())
+                                    if mine else 0])
+        predictions = world.allgather(mine.predictions if mine else np.zeros(0, np.int64))
+        return Evaluation(accuracy=float(hits) / n, loss=float(loss_sum) / n,
+                          predictions=np.concatenate(predictions))
 
     def make_plots(self) -> None:
         """(Re)draw curves.png and confusion_matrix.png from the history and
@@ -443,6 +537,14 @@ class Trainer:
         return (f"training diverged: {what} at {where} (lr {lr_now:.3g}). "
                 f"Lower the learning rate (e.g. --lr {self.config.lr / 3:.2g}){clip}. "
                 f"Stopped without saving: {kept}.")
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The dropout seed of a rank: ``seed`` itself on rank 0 (as in one
+    process), an independent stream on every other rank."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 def _stat(value):
