@@ -4,6 +4,7 @@
                                            [--epochs E] [--stop-after K] [--resume]
     python tests/mpi_programs.py raise            # rank 1 fails while rank 0 waits
     python tests/mpi_programs.py hang --timeout 2 # rank 1 never arrives
+    python tests/mpi_programs.py kill             # rank 1 is killed (SIGKILL)
 
 ``train`` fits a tiny ViT on synthetic data (with augmentation and a last
 batch that does not split evenly) and writes, from every rank,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -73,6 +75,8 @@ def fail(args) -> None:
         if world.rank == 1:
             if args.program == "raise":
                 raise RuntimeError("rank 1 failed on purpose")
+            if args.program == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(120)                     # "hang": never reaches the allreduce
         world.allreduce_(np.ones(4))
         print("allreduce finished", flush=True)
@@ -80,7 +84,7 @@ def fail(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("program", choices=("train", "raise", "hang"))
+    p.add_argument("program", choices=("train", "raise", "hang", "kill"))
     p.add_argument("out", nargs="?")
     p.add_argument("--single", action="store_true")
     p.add_argument("--dtype", default="float32")

@@ -306,6 +306,18 @@ def test_a_rank_that_raises_stops_the_job(tmp_path):
 
 
 @needs_mpi
+def test_a_rank_that_is_killed_stops_the_job():
+    """No code of ours runs in a killed process: the launcher (MPICH's hydra
+    here, likewise Open MPI's mpirun and srun) notices and stops the rest."""
+    start = time.monotonic()
+    proc = _run([MPIRUN, "-n", "2", sys.executable, PROGRAMS, "kill", "--timeout", "0"],
+                timeout=60, check=False)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 45
+    assert "allreduce finished" not in proc.stdout
+
+
+@needs_mpi
 def test_a_rank_that_hangs_is_caught_by_the_timeout():
     start = time.monotonic()
     proc = _run([MPIRUN, "-n", "2", sys.executable, PROGRAMS, "hang", "--timeout", "2"],
