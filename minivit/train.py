@@ -298,7 +298,8 @@ class Trainer:
             error.all_ranks = True
             raise error
         saved = ckpt["config"]
-        model_diff = _config_differences(saved.get("model", {}), dict(self.model.config))
+        saved_model = {**_constructor_defaults(type(self.model)), **saved.get("model", {})}
+        model_diff = _config_differences(saved_model, dict(self.model.config))
         if model_diff:
             raise ValueError(
                 f"cannot resume from {path}: the model differs from the saved one ("
@@ -537,6 +538,14 @@ class Trainer:
         return (f"training diverged: {what} at {where} (lr {lr_now:.3g}). "
                 f"Lower the learning rate (e.g. --lr {self.config.lr / 3:.2g}){clip}. "
                 f"Stopped without saving: {kept}.")
+
+
+def _constructor_defaults(cls) -> dict:
+    """Default arguments of ``cls.__init__``: what a checkpoint written before
+    an option existed was built with."""
+    import inspect
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def _rank_seed(seed: int, rank: int) -> int:

@@ -6,9 +6,16 @@ Forward                                           Backward (given dlogits)
   z = z + pos_embed                                 dpos += sum_B dz   (if learned)
   z = pos_drop(z)                                   dz -> pos_drop.backward
   z = blocks(z)                                     dz -> blocks in reverse order
-  z = norm(z)                                       dz = norm.backward(dzn)
+  z = norm(z)          (not for pool "avg")         dz = norm.backward(dzn)
   f = z[:, 0]  or  mean(z[:, 1:])  (B, D)           dzn[:, 0] = df  or  dzn[:, 1:] = df / N
+  f = fc_norm(f)       (pool "avg" only)            df = fc_norm.backward(df)
+  f = tanh(pre_logits.fc(f))   (optional, (B, R))   df = pre_logits.backward(df)
   logits = head(f)                (B, K)            df = head.backward(dlogits)
+
+Pooling, with timm's names: "cls" is timm's global_pool="token"; "mean" the
+mean of the normed patch tokens (global_pool="avg", fc_norm=False); "avg"
+timm's default for global_pool="avg": the mean of the patch tokens, then a
+LayerNorm ``fc_norm`` (and no ``norm`` on the tokens).
 """
 
 from __future__ import annotations
@@ -16,11 +23,30 @@ from __future__ import annotations
 import numpy
 
 from minivit import backend, init
-from minivit.layers import Block, Dropout, LayerNorm, Linear, PatchEmbed
+from minivit.layers import Block, Dropout, LayerNorm, Linear, PatchEmbed, Tanh
 from minivit.module import Module, ModuleList, Parameter
 
-POOLS = ("cls", "mean")
+POOLS = ("cls", "mean", "avg")
 POS_EMBEDS = ("learned", "sincos")
+GELUS = ("tanh", "exact")
+
+
+class PreLogits(Module):
+    """Dense + tanh between the pooled features and the head (Google's
+    ImageNet-21k checkpoints). Shapes: (B, D) -> (B, R). Names: ``fc``, ``act``."""
+
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        self.fc = Linear(dim, size)
+        self.act = Tanh()
+
+    def forward(self, x):
+        self.cache = True
+        return self.act.forward(self.fc.forward(x))
+
+    def backward(self, dout):
+        self._saved()
+        return self.fc.backward(self.act.backward(dout))
 
 
 class ViT(Module):
@@ -36,23 +62,32 @@ class ViT(Module):
     ``patch_embed.proj.weight`` (D,C,P,P), ``patch_embed.proj.bias``,
     ``blocks.{i}.norm1.*``, ``blocks.{i}.attn.qkv.*`` (3D,D), ``blocks.{i}.attn.proj.*``,
     ``blocks.{i}.norm2.*``, ``blocks.{i}.mlp.fc1.*`` (M,D), ``blocks.{i}.mlp.fc2.*``,
-    ``norm.*``, ``head.*`` (K,D).
+    ``norm.*`` (or ``fc_norm.*`` with pool "avg"), optional ``pre_logits.fc.*``
+    (R,D), ``head.*`` (K,D) or (K,R).
+
+    Options of pretrained models: ``gelu`` "tanh" (default) or "exact" (erf,
+    as timm and Google); ``norm_eps`` of every LayerNorm (1e-6 as timm's ViTs);
+    ``qkv_bias``; ``pool`` (see the module docstring); ``pre_logits`` the
+    width R of a Dense + tanh layer before the head, or None.
     """
 
     def __init__(self, image_size: int = 28, patch_size: int = 7, in_channels: int = 1,
                  num_classes: int = 10, dim: int = 64, depth: int = 6, heads: int = 4,
                  mlp_dim: int = 128, dropout: float = 0.0, attn_dropout: float = 0.0,
                  pool: str = "cls", pos_embed: str = "learned", seed: int | None = None,
-                 stride: int | None = None):
+                 stride: int | None = None, gelu: str = "tanh", norm_eps: float = 1e-6,
+                 qkv_bias: bool = True, pre_logits: int | None = None):
         super().__init__()
         _check_config(image_size=image_size, patch_size=patch_size, in_channels=in_channels,
                       num_classes=num_classes, dim=dim, depth=depth, heads=heads,
-                      mlp_dim=mlp_dim, pool=pool, pos_embed=pos_embed)
+                      mlp_dim=mlp_dim, pool=pool, pos_embed=pos_embed, gelu=gelu,
+                      norm_eps=norm_eps, pre_logits=pre_logits)
         self.config = dict(image_size=image_size, patch_size=patch_size,
                            in_channels=in_channels, num_classes=num_classes, dim=dim,
                            depth=depth, heads=heads, mlp_dim=mlp_dim, dropout=dropout,
                            attn_dropout=attn_dropout, pool=pool, pos_embed=pos_embed,
-                           stride=stride)
+                           stride=stride, gelu=gelu, norm_eps=float(norm_eps),
+                           qkv_bias=bool(qkv_bias), pre_logits=pre_logits)
         if seed is not None:
             backend.seed(seed)
         self.pool, self.pos_embed_kind = pool, pos_embed
@@ -68,11 +103,17 @@ class ViT(Module):
                                        requires_grad=False)
         self.pos_drop = Dropout(dropout)
         self.blocks = ModuleList(
-            Block(dim, heads, mlp_dim, dropout=dropout, attn_dropout=attn_dropout)
+            Block(dim, heads, mlp_dim, dropout=dropout, attn_dropout=attn_dropout,
+                  eps=norm_eps, qkv_bias=qkv_bias, gelu=gelu)
             for _ in range(depth)
         )
-        self.norm = LayerNorm(dim)
-        self.head = Linear(dim, num_classes)
+        if pool == "avg":
+            self.fc_norm = LayerNorm(dim, eps=norm_eps)     # after pooling, as timm
+        else:
+            self.norm = LayerNorm(dim, eps=norm_eps)
+        if pre_logits:
+            self.pre_logits = PreLogits(dim, pre_logits)
+        self.head = Linear(pre_logits or dim, num_classes)
 
     @property
     def dtype(self):
@@ -90,21 +131,31 @@ class ViT(Module):
         z = self.pos_drop.forward(z)
         for block in self.blocks:
             z = block.forward(z)
-        z = self.norm.forward(z)
+        if self.pool != "avg":
+            z = self.norm.forward(z)
         pooled = z[:, 0] if self.pool == "cls" else z[:, 1:].mean(axis=1)  # (B, D)
+        if self.pool == "avg":
+            pooled = self.fc_norm.forward(pooled)
+        if self.config["pre_logits"]:
+            pooled = self.pre_logits.forward(pooled)                   # (B, R)
         self.cache = z.shape
         return self.head.forward(pooled)                               # (B, K)
 
     def backward(self, dlogits):
         xp = backend.xp
         z_shape = self._saved()
-        dpooled = self.head.backward(dlogits)                          # (B, D)
+        dpooled = self.head.backward(dlogits)                          # (B, D) or (B, R)
+        if self.config["pre_logits"]:
+            dpooled = self.pre_logits.backward(dpooled)                # (B, D)
+        if self.pool == "avg":
+            dpooled = self.fc_norm.backward(dpooled)
         dz = xp.zeros(z_shape, dtype=dpooled.dtype)                    # (B, N+1, D)
         if self.pool == "cls":
             dz[:, 0] = dpooled                   # only the CLS token was read
         else:
             dz[:, 1:] = (dpooled / (z_shape[1] - 1))[:, None, :]   # mean spreads evenly
-        dz = self.norm.backward(dz)
+        if self.pool != "avg":
+            dz = self.norm.backward(dz)
         for block in reversed(list(self.blocks)):
             dz = block.backward(dz)
         dz = self.pos_drop.backward(dz)
@@ -143,6 +194,15 @@ def _check_config(**cfg):
     if cfg["pos_embed"] not in POS_EMBEDS:
         raise ValueError(
             f"ViT config: pos_embed must be one of {POS_EMBEDS}, got {cfg['pos_embed']!r}")
+    if cfg["gelu"] not in GELUS:
+        raise ValueError(f"ViT config: gelu must be one of {GELUS}, got {cfg['gelu']!r}")
+    if not (isinstance(cfg["norm_eps"], (int, float)) and cfg["norm_eps"] > 0):
+        raise ValueError(f"ViT config: norm_eps must be a positive number, got "
+                         f"{cfg['norm_eps']!r}")
+    if cfg["pre_logits"] is not None and (
+            not isinstance(cfg["pre_logits"], (int, numpy.integer)) or cfg["pre_logits"] < 0):
+        raise ValueError(f"ViT config: pre_logits must be None or a positive width, got "
+                         f"{cfg['pre_logits']!r}")
     if cfg["dim"] % cfg["heads"] != 0:
         raise ValueError(
             f"ViT config: dim ({cfg['dim']}) must be divisible by heads ({cfg['heads']})")

@@ -13,7 +13,7 @@ from helpers import randn, randomize_parameters
 from minivit import backend
 from minivit.gradcheck import assert_gradients_ok, check_module
 from minivit.layers import (GELU, MLP, Block, Dropout, LayerNorm, Linear,
-                            MultiHeadSelfAttention, PatchEmbed)
+                            MultiHeadSelfAttention, PatchEmbed, Tanh)
 from minivit.vit import ViT
 
 TOL = 1e-6
@@ -51,6 +51,23 @@ def test_layernorm(f64):
 
 def test_gelu(f64):
     _check_both_modes(GELU(), randn(4, 9, seed=4, scale=2.5))
+
+
+def test_gelu_exact(f64):
+    pytest.importorskip("scipy", reason="the exact GELU needs SciPy (the [pretrained] extra)")
+    _check_both_modes(GELU(approximate="none"), randn(4, 9, seed=4, scale=2.5))
+    _check_both_modes(GELU(approximate="none").eval(), randn(3, 7, seed=5, scale=3.0))
+
+
+def test_tanh(f64):
+    _check_both_modes(Tanh(), randn(4, 9, seed=6, scale=1.5))
+
+
+def test_layernorm_eps_of_timm_and_a_large_one(f64):
+    for eps in (1e-6, 0.3):
+        layer = LayerNorm(7, eps=eps)
+        randomize_parameters(layer)
+        _check_both_modes(layer, randn(2, 3, 7, seed=3, scale=0.5))
 
 
 def test_dropout_with_fixed_mask(f64):
@@ -116,6 +133,23 @@ def test_vit_whole_model(f64, pool, pos_embed):
     randomize_parameters(model, scale=0.4)
     report = _check_both_modes(model, randn(2, 2, 8, 8, seed=13))
     assert ("pos_embed" in report.per_tensor) == (pos_embed == "learned")
+
+
+@pytest.mark.parametrize("pool,pre_logits,qkv_bias", [("avg", None, True), ("cls", 6, False),
+                                                     ("avg", 5, False)])
+def test_vit_pretrained_options(f64, pool, pre_logits, qkv_bias):
+    """The options of timm's and Google's models: exact GELU, LayerNorm eps,
+    fc_norm pooling, pre-logits, no qkv bias."""
+    pytest.importorskip("scipy", reason="the exact GELU needs SciPy (the [pretrained] extra)")
+    model = ViT(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2,
+                heads=2, mlp_dim=12, pool=pool, gelu="exact", norm_eps=1e-5,
+                qkv_bias=qkv_bias, pre_logits=pre_logits)
+    randomize_parameters(model, scale=0.4)
+    report = _check_both_modes(model, randn(2, 2, 8, 8, seed=13))
+    assert ("fc_norm.weight" in report.per_tensor) == (pool == "avg")
+    assert ("norm.weight" in report.per_tensor) == (pool != "avg")
+    assert ("pre_logits.fc.weight" in report.per_tensor) == bool(pre_logits)
+    assert ("blocks.0.attn.qkv.bias" in report.per_tensor) == qkv_bias
 
 
 def test_vit_overlapping_patches(f64):

@@ -1,6 +1,7 @@
 """The fast helpers in minivit/ops.py equal their plain NumPy references."""
 
 import numpy as np
+import pytest
 from helpers import randn
 
 from minivit import backend, ops
@@ -107,3 +108,36 @@ def test_fast_softmax_equals_reference(f64):
                                rtol=1e-12, atol=1e-300)
     assert np.isfinite(backend.to_numpy(out)).all()
     np.testing.assert_allclose(backend.to_numpy(out).sum(-1), 1.0, rtol=1e-12)
+
+
+def test_erf_agrees_with_a_reference_to_1e_14():
+    """The exact GELU's erf, in float64, against Python's math.erf (C libm),
+    over the range where it is not 0 or 1 to double precision, and at the ends."""
+    pytest.importorskip("scipy", reason="erf comes from SciPy (the [pretrained] extra)")
+    import math
+
+    from minivit.ops import erf
+    x = np.concatenate([np.linspace(-6.5, 6.5, 20001), np.geomspace(1e-300, 6.5, 2000),
+                        -np.geomspace(1e-300, 6.5, 2000), [0.0, -0.0, 30.0, -30.0]])
+    got = erf(x)
+    want = np.array([math.erf(v) for v in x])
+    rel = np.abs(got - want) / np.maximum(np.abs(want), np.finfo(np.float64).tiny)
+    assert rel.max() <= 1e-14
+    assert np.isnan(erf(np.array([np.nan])))[0]
+    assert erf(np.float32(0.5) * np.ones(3, np.float32)).dtype == np.float32
+
+
+def test_exact_gelu_matches_the_formula():
+    pytest.importorskip("scipy", reason="erf comes from SciPy (the [pretrained] extra)")
+    import math
+
+    from minivit.layers import GELU
+    x = np.linspace(-8, 8, 1001)
+    want = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    layer = GELU(approximate="none")
+    with backend.using("numpy", dtype="float64"):
+        # 1 + erf(x / sqrt 2) cancels for x << 0 in both computations alike: a
+        # few ulps of erf become ~1e-14 relative there
+        np.testing.assert_allclose(layer.forward(x), want, rtol=1e-13, atol=1e-300)
+    with pytest.raises(ValueError, match="approximate must be one of"):
+        GELU(approximate="erf")

@@ -406,3 +406,27 @@ def test_default_recipe_reaches_the_advertised_accuracy(tmp_path, capsys):
     capsys.readouterr()
     assert len(trainer.history) == 13
     assert trainer.history[-1]["test_acc"] >= 0.990
+
+
+def test_resume_a_checkpoint_written_before_the_pretrained_options(tmp_path):
+    """Checkpoints whose model config lacks gelu/norm_eps/qkv_bias/pre_logits
+    (written before those options existed) resume: missing means default."""
+    from minivit.checkpoint import load_checkpoint, save_checkpoint
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+
+    def make():
+        model = ViT(image_size=8, patch_size=4, num_classes=3, dim=8, depth=1, heads=2,
+                    mlp_dim=8)
+        return Trainer(model, (x, y), (x, y), TrainConfig(epochs=2, batch_size=10),
+                       out_dir=tmp_path, quiet=True, plots=False)
+
+    first = make()
+    first.fit(stop_after=1)
+    ckpt = load_checkpoint(first.last_path)
+    for key in ("gelu", "norm_eps", "qkv_bias", "pre_logits"):
+        del ckpt["config"]["model"][key]
+    save_checkpoint(first.last_path, ckpt["model"], ckpt["optimizer"], epoch=ckpt["epoch"],
+                    config=ckpt["config"], rng_state=ckpt["rng_state"], extra=ckpt["extra"])
+    assert make().resume() == 1

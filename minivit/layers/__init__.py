@@ -6,7 +6,8 @@ file                 layer
 linear.py            Linear
 patch_embed.py       PatchEmbed (im2col + matmul, col2im back)
 layernorm.py         LayerNorm
-gelu.py              GELU (tanh approximation)
+gelu.py              GELU (tanh approximation or exact erf)
+tanh.py              Tanh (pre-logits activation)
 dropout.py           Dropout (inverted)
 attention.py         MultiHeadSelfAttention (fused qkv), softmax
 mlp.py               MLP (fc1 -> GELU -> fc2)
@@ -22,6 +23,7 @@ from minivit.layers.layernorm import LayerNorm
 from minivit.layers.linear import Linear
 from minivit.layers.mlp import MLP
 from minivit.layers.patch_embed import PatchEmbed
+from minivit.layers.tanh import Tanh
 
 __all__ = ["Block", "Dropout", "GELU", "LayerNorm", "Linear", "MLP",
-           "MultiHeadSelfAttention", "PatchEmbed", "softmax"]
+           "MultiHeadSelfAttention", "PatchEmbed", "Tanh", "softmax"]

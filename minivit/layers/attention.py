@@ -108,7 +108,7 @@ class MultiHeadSelfAttention(Module):
     """
 
     def __init__(self, dim: int, heads: int, attn_dropout: float = 0.0,
-                 proj_dropout: float = 0.0):
+                 proj_dropout: float = 0.0, qkv_bias: bool = True):
         super().__init__()
         if heads < 1 or dim % heads != 0:
             raise ValueError(
@@ -118,7 +118,7 @@ class MultiHeadSelfAttention(Module):
         self.dim, self.heads = dim, heads
         self.head_dim = dim // heads
         self.scale = 1.0 / math.sqrt(self.head_dim)
-        self.qkv = Linear(dim, 3 * dim)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_drop = Dropout(attn_dropout)
         self.proj = Linear(dim, dim)
         self.proj_drop = Dropout(proj_dropout)

@@ -21,13 +21,14 @@ class Block(Module):
     ``norm2``, ``mlp``."""
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0,
-                 attn_dropout: float = 0.0, eps: float = 1e-6):
+                 attn_dropout: float = 0.0, eps: float = 1e-6, qkv_bias: bool = True,
+                 gelu: str = "tanh"):
         super().__init__()
         self.norm1 = LayerNorm(dim, eps=eps)
         self.attn = MultiHeadSelfAttention(dim, heads, attn_dropout=attn_dropout,
-                                           proj_dropout=dropout)
+                                           proj_dropout=dropout, qkv_bias=qkv_bias)
         self.norm2 = LayerNorm(dim, eps=eps)
-        self.mlp = MLP(dim, mlp_dim, dropout=dropout)
+        self.mlp = MLP(dim, mlp_dim, dropout=dropout, gelu=gelu)
 
     def forward(self, x):
         self.cache = True

@@ -1,9 +1,15 @@
-"""GELU, tanh approximation (as in GPT-2 and PyTorch's approximate='tanh').
+"""GELU, y = x Phi(x), Phi the standard normal CDF: tanh approximation (as in
+GPT-2 and PyTorch's approximate='tanh', the default here for training from
+scratch) or exact (erf; what timm's and Google's pretrained ViTs use).
 
-Forward                                   Backward (given dy)
+Tanh form                                 Backward (given dy)
   u = sqrt(2/pi) * (x + 0.044715 x^3)       du/dx = sqrt(2/pi) * (1 + 3*0.044715 x^2)
   t = tanh(u)                               dt/du = 1 - t^2
   y = 0.5 x (1 + t)                         dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx
+
+Exact form                                Backward (given dy)
+  Phi = 0.5 (1 + erf(x / sqrt 2))           dPhi/dx = phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+  y = x Phi                                 dy/dx = Phi + x phi(x)
 
 dy/dx depends only on x, so in training mode the forward kernel computes it
 right away, while x and t are still in cache, and keeps it instead of x and
@@ -19,10 +25,13 @@ import math
 
 from minivit import backend
 from minivit.module import Module
-from minivit.ops import parallel_rows
+from minivit.ops import erf, parallel_rows
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 COEFF = 0.044715
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+APPROXIMATIONS = ("tanh", "none")
 
 
 def gelu_forward_kernel(x, y, dydx=None):
@@ -50,18 +59,48 @@ def gelu_forward_kernel(x, y, dydx=None):
     dydx *= 0.5                              # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx
 
 
+def gelu_exact_forward_kernel(x, y, dydx=None):
+    """Write y = x Phi(x) and, if a buffer is given, dydx = Phi + x phi(x)."""
+    xp = backend.xp
+    cdf = x * INV_SQRT_2
+    erf(cdf, out=cdf)
+    cdf += 1.0
+    cdf *= 0.5                               # Phi = 0.5 (1 + erf(x / sqrt 2))
+    xp.multiply(x, cdf, out=y)               # y = x Phi
+    if dydx is None:
+        return
+    xp.multiply(x, x, out=dydx)
+    dydx *= -0.5
+    xp.exp(dydx, out=dydx)
+    dydx *= INV_SQRT_2PI                     # phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+    dydx *= x
+    dydx += cdf                              # dy/dx = Phi + x phi(x)
+
+
 class GELU(Module):
-    """Elementwise; shapes: x (...) -> y (...). No parameters."""
+    """Elementwise; shapes: x (...) -> y (...). No parameters.
+
+    ``approximate``: ``"tanh"`` (default) or ``"none"`` for the exact erf
+    form, as ``torch.nn.GELU(approximate=...)``.
+    """
+
+    def __init__(self, approximate: str = "tanh"):
+        super().__init__()
+        if approximate not in APPROXIMATIONS:
+            raise ValueError(f"GELU approximate must be one of {APPROXIMATIONS}, "
+                             f"got {approximate!r}")
+        self.approximate = approximate
+        self.kernel = gelu_forward_kernel if approximate == "tanh" else gelu_exact_forward_kernel
 
     def forward(self, x):
         xp = backend.xp
         y = xp.empty_like(x)
         if self.training:
             dydx = xp.empty_like(x)
-            parallel_rows(gelu_forward_kernel, _rows(x), _rows(y), _rows(dydx))
+            parallel_rows(self.kernel, _rows(x), _rows(y), _rows(dydx))
             self.cache = ("dydx", dydx)
         else:                                # inference: no derivative unless asked
-            parallel_rows(gelu_forward_kernel, _rows(x), _rows(y))
+            parallel_rows(self.kernel, _rows(x), _rows(y))
             self.cache = ("x", x)
         return y
 
@@ -70,13 +109,17 @@ class GELU(Module):
         kind, saved = self._saved()
         if kind == "x":                      # forward ran in eval mode: derive now
             dydx = xp.empty_like(saved)
-            parallel_rows(gelu_forward_kernel, _rows(saved), _rows(xp.empty_like(saved)),
+            parallel_rows(self.kernel, _rows(saved), _rows(xp.empty_like(saved)),
                           _rows(dydx))
         else:
             dydx = saved
         return dout * dydx                   # dx = dy * dy/dx
 
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
 
 def _rows(a):
     """(..., n) -> (R, n) view: the kernels work on rows."""
     return a.reshape(-1, a.shape[-1])
+

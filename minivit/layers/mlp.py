@@ -20,10 +20,11 @@ class MLP(Module):
     """Shapes: x (..., dim) -> y (..., dim), hidden width ``hidden_dim``.
     timm names: ``fc1`` (hidden_dim, dim), ``fc2`` (dim, hidden_dim)."""
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0,
+                 gelu: str = "tanh"):
         super().__init__()
         self.fc1 = Linear(dim, hidden_dim)
-        self.act = GELU()
+        self.act = GELU(approximate="none" if gelu == "exact" else gelu)
         self.drop1 = Dropout(dropout)
         self.fc2 = Linear(hidden_dim, dim)
         self.drop2 = Dropout(dropout)
