@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import sys
 import threading
@@ -115,7 +114,9 @@ class World:
         self.local_rank = local_rank
         self.timeout = timeout
         self.nccl = None            # a cupy NcclCommunicator on the GPU backend
-        self.comm_seconds = 0.0     # time spent inside collectives (incl. waiting)
+        # seconds inside collectives, waiting for slower ranks included (on the
+        # GPU only the launch of NCCL's work: it runs asynchronously)
+        self.comm_seconds = 0.0
         self._busy_since: float | None = None
         self._busy_what = ""
         self._watchdog: threading.Thread | None = None
@@ -164,10 +165,10 @@ class World:
                                    "(minivit.distributed.init does it on the cupy backend)")
         from cupy.cuda import nccl
         kinds = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+        # on the current stream: later kernels on it wait for the sum, no host sync
         stream = backend.xp.cuda.get_current_stream()
         self.nccl.allReduce(array.data.ptr, array.data.ptr, array.size, kinds[array.dtype],
                             nccl.NCCL_SUM, stream.ptr)
-        stream.synchronize()
 
     def sum(self, values) -> np.ndarray:
         """Sum a few numbers over all ranks (float64, on the host)."""
@@ -436,14 +437,10 @@ def flatten(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def fingerprint(value) -> str:
-    """A short digest of any JSON-able value or host array (for comparing ranks)."""
-    h = hashlib.sha256()
-    if isinstance(value, np.ndarray):
-        h.update(str((value.shape, value.dtype)).encode())
-        h.update(np.ascontiguousarray(value).tobytes())
-    else:
-        h.update(json.dumps(value, sort_keys=True, default=str).encode())
+def fingerprint(array: np.ndarray) -> str:
+    """A short digest of a host array (shape, dtype and bytes), to compare ranks' data."""
+    h = hashlib.sha256(str((array.shape, array.dtype)).encode())
+    h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()[:16]
 
 

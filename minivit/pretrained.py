@@ -41,7 +41,6 @@ import warnings
 
 import numpy as np
 
-from minivit import backend
 from minivit.atomic import atomic_write
 from minivit.vit import ViT
 
@@ -200,13 +199,12 @@ def _read_safetensors(path: str) -> dict:
     try:
         return load_file(path)
     except Exception as exc:       # bf16 (NumPy has no such dtype), or a damaged file
-        header = _safetensors_header(path, exc)
+        header, start = _safetensors_header(path, exc)
     dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
     unknown = dtypes - set(_SAFETENSORS_DTYPES) - {"BF16"}
     if unknown:
         raise WeightsError(f"{path}: tensors of dtype {', '.join(sorted(unknown))}, which "
                            "minivit does not support (float64/32/16 and bfloat16 are)")
-    start = 8 + struct.unpack("<Q", open(path, "rb").read(8))[0]
     out = {}
     with open(path, "rb") as f:
         for name, info in header.items():
@@ -232,19 +230,21 @@ def _read_safetensors(path: str) -> dict:
 def _safetensors_config(path: str) -> dict | None:
     """The model config minivit writes into a file's metadata (None elsewhere)."""
     try:
-        meta = _safetensors_header(path, None).get("__metadata__") or {}
+        meta = _safetensors_header(path, None)[0].get("__metadata__") or {}
         return json.loads(meta["minivit_config"]) if "minivit_config" in meta else None
     except (WeightsError, ValueError):
         return None
 
 
-def _safetensors_header(path: str, cause: Exception | None) -> dict:
+def _safetensors_header(path: str, cause: Exception | None) -> tuple[dict, int]:
+    """(the JSON header, the byte where the tensor data starts): a u64 length,
+    then that many bytes of JSON, is the whole safetensors layout."""
     try:
         with open(path, "rb") as f:
             size = struct.unpack("<Q", f.read(8))[0]
             if size > os.path.getsize(path) - 8:
                 raise ValueError("header longer than the file")
-            return json.loads(f.read(size))
+            return json.loads(f.read(size)), 8 + size
     except (OSError, ValueError, struct.error) as exc:
         raise WeightsError(f"{path} is not a readable safetensors file ({cause or exc}); "
                            "it may be truncated or of another format") from None
@@ -419,43 +419,24 @@ def load_pretrained(path, preset: str | None = None, num_classes: int | None = N
     if image_size is not None:
         config["image_size"] = image_size
     model = ViT(**config)
-    target = model.state_dict()
     if file_classes is not None and file_classes != config["num_classes"]:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         log(f"{path}: head of {file_classes} classes replaced by a new one of "
             f"{config['num_classes']} (freshly initialised)")
-    new_tokens = target["pos_embed"].shape[1]
+    new_tokens = model.pos_embed.shape[1]
     if state["pos_embed"].shape[1] != new_tokens:
         old = state["pos_embed"].shape[1]
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], math.isqrt(new_tokens - 1))
         log(f"{path}: position embedding resampled from {old - 1} to {new_tokens - 1} "
             "patch positions (bilinear)")
-    load_state_dict_checked(model, state, path, strict=strict,
-                            keep=("head.weight", "head.bias")
-                            if "head.weight" not in state else ())
+    if "head.weight" not in state:           # a new head: keep the model's own
+        state.update((k, v) for k, v in model.state_dict().items() if k.startswith("head."))
+    try:            # Module.load_state_dict lists every missing, unexpected, mis-shaped key
+        model.load_state_dict(state, strict=strict)
+    except ValueError as exc:
+        raise WeightsError(f"{path} does not fit the model (pick the matching preset). "
+                           f"{exc}") from None
     return model.eval()
-
-
-def load_state_dict_checked(model, state: dict, path="weights", strict: bool = True,
-                            keep=()) -> None:
-    """Load ``state`` into ``model``, listing every problem in one error.
-
-    ``keep``: the model's own tensors that the file need not have (a new head).
-    """
-    target = model.state_dict()
-    missing = [k for k in target if k not in state and k not in keep]
-    unexpected = [k for k in state if k not in target]
-    wrong = [f"{k}: file {tuple(state[k].shape)}, model {tuple(target[k].shape)}"
-             for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
-    problems = ([f"missing: {', '.join(missing)}"] if missing else []) + \
-               ([f"unexpected: {', '.join(unexpected)}"] if unexpected else []) + \
-               ([f"wrong shape: {'; '.join(wrong)}"] if wrong else [])
-    if wrong or (strict and problems):
-        raise WeightsError(f"{path} does not fit the model: " + " | ".join(problems)
-                           + ". Pick the matching preset (or --heads), or pass strict=False "
-                             "to skip missing/unexpected tensors")
-    merged = {k: (state[k] if k in state else backend.to_numpy(v)) for k, v in target.items()}
-    model.load_state_dict({k: np.asarray(v, dtype=model.dtype) for k, v in merged.items()})
 
 
 # --------------------------------------------------------------------------
@@ -468,7 +449,7 @@ def save_weights(model, path, overwrite: bool = False) -> str:
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    state = {k: np.ascontiguousarray(backend.to_numpy(v)) for k, v in model.state_dict().items()}
+    state = {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
     if path.endswith(".safetensors"):
         try:
             from safetensors.numpy import save

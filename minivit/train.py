@@ -39,6 +39,7 @@ way and its counts summed. Rank 0 alone writes files and prints.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -543,7 +544,6 @@ class Trainer:
 def _constructor_defaults(cls) -> dict:
     """Default arguments of ``cls.__init__``: what a checkpoint written before
     an option existed was built with."""
-    import inspect
     return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
             if p.default is not inspect.Parameter.empty}
 

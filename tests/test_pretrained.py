@@ -261,9 +261,9 @@ def test_a_mismatched_preset_lists_every_tensor_with_both_shapes(tmp_path):
         load_pretrained(path, preset="vit_tiny_patch16_224", num_classes=5, **QUIET)
     text = str(info.value)
     assert "small.safetensors does not fit the model" in text
-    assert "blocks.0.attn.qkv.weight: file (48, 16), model (576, 192)" in text
-    assert "missing: blocks.2.norm1.weight" in text
-    assert "cls_token: file (1, 1, 16), model (1, 1, 192)" in text
+    assert "blocks.0.attn.qkv.weight: expected (576, 192), got (48, 16)" in text
+    assert "missing keys: blocks.2.norm1.weight" in text
+    assert "cls_token: expected (1, 1, 192), got (1, 1, 16)" in text
 
 
 def test_unsupported_dtype_is_named(tmp_path):

@@ -122,4 +122,3 @@ class GELU(Module):
 def _rows(a):
     """(..., n) -> (R, n) view: the kernels work on rows."""
     return a.reshape(-1, a.shape[-1])
-
