@@ -12,6 +12,7 @@ import numpy as np
 
 from minivit import backend
 from minivit.loss import cross_entropy
+from minivit.module import no_grad
 
 __all__ = ["Evaluation", "evaluate", "confusion_matrix"]
 
@@ -44,13 +45,14 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500,
     model.eval()
     try:
         total_loss, preds = 0.0, []
-        for start in range(0, n, batch_size):
-            xb = backend.to_device(x[start:start + batch_size])
-            yb = backend.to_device(y[start:start + batch_size])
-            logits = model.forward(xb)
-            loss, _ = cross_entropy(logits, yb, label_smoothing)
-            total_loss += loss * len(xb)           # batch mean -> sum
-            preds.append(backend.to_numpy(logits.argmax(axis=1)))
+        with no_grad():
+            for start in range(0, n, batch_size):
+                xb = backend.to_device(x[start:start + batch_size])
+                yb = backend.to_device(y[start:start + batch_size])
+                logits = model.forward(xb)
+                loss, _ = cross_entropy(logits, yb, label_smoothing)
+                total_loss += loss * len(xb)           # batch mean -> sum
+                preds.append(backend.to_numpy(logits.argmax(axis=1)))
     finally:
         model.train(was_training)
     predictions = np.concatenate(preds).astype(np.int64)

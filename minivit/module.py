@@ -10,15 +10,57 @@ A layer is a :class:`Module` with two methods a learner reads side by side:
 
 Sub-modules and parameters assigned as attributes are registered in order,
 which gives dotted names (``blocks.0.attn.qkv.weight``) identical to timm's.
+
+Inference that needs no gradient runs under :class:`no_grad` (as
+``torch.no_grad()``): layers then keep nothing for backward, which saves the
+memory of every cached activation and the work of computing what only
+backward reads (GELU's derivative, LayerNorm's separate normalised copy).
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numpy
 
 from minivit import backend
+
+
+_grad_mode = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    """False inside ``with no_grad():`` (in this thread), True otherwise."""
+    return getattr(_grad_mode, "enabled", True)
+
+
+class no_grad:
+    """``with minivit.no_grad(): model.forward(x)``: a forward that keeps
+    nothing for backward (a backward after it is an error that says so).
+
+    Like ``torch.no_grad()``: per thread, nests, and also works as a decorator.
+    ``model.eval()`` is separate: it switches dropout off, and still lets a
+    backward run (e.g. saliency maps of a model in eval mode).
+    """
+
+    def __enter__(self):
+        self._previous = is_grad_enabled()
+        _grad_mode.enabled = False
+        return self
+
+    def __exit__(self, *exc):
+        _grad_mode.enabled = self._previous
+        return False
+
+    def __call__(self, fn):
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+        return wrapper
 
 
 class Parameter:
@@ -83,11 +125,16 @@ class Module:
         """The forward cache, or a clear error if backward came first."""
         if self.cache is None:
             raise RuntimeError(
-                f"{type(self).__name__}.backward() was called before forward(): "
-                "run forward on a batch first, then backward with the gradient "
-                "of the loss with respect to its output"
+                f"{type(self).__name__}.backward() was called before forward(), or "
+                "after a forward under minivit.no_grad() (which keeps nothing for "
+                "backward): run forward on a batch outside no_grad first, then "
+                "backward with the gradient of the loss with respect to its output"
             )
         return self.cache
+
+    def _keep(self, *saved):
+        """Store what backward needs (``self.cache``), unless under no_grad."""
+        self.cache = (saved[0] if len(saved) == 1 else saved) if is_grad_enabled() else None
 
     # -- traversal ----------------------------------------------------------
     def named_modules(self, prefix: str = ""):

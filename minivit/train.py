@@ -55,6 +55,7 @@ from minivit.data import iterate_batches
 from minivit.data.augment import random_transforms, warp_affine
 from minivit.loss import cross_entropy
 from minivit.metrics import Evaluation, confusion_matrix, evaluate
+from minivit.module import no_grad
 from minivit.optim import SGD, AdamW, WarmupCosine, clip_grad_norm_, param_groups_weight_decay
 from minivit.reporting import (
     METRIC_KEYS,
@@ -517,7 +518,8 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            self.model.forward(backend.to_device(self.x_test[:TENSORBOARD_IMAGES]))
+            with no_grad():
+                self.model.forward(backend.to_device(self.x_test[:TENSORBOARD_IMAGES]))
             maps = viz.upsample(viz.attention_rollout(self.model), self.x_test.shape[-2:])
         finally:
             self.model.train(was_training)

@@ -41,7 +41,7 @@ class PreLogits(Module):
         self.act = Tanh()
 
     def forward(self, x):
-        self.cache = True
+        self._keep(True)
         return self.act.forward(self.fc.forward(x))
 
     def backward(self, dout):
@@ -138,7 +138,7 @@ class ViT(Module):
             pooled = self.fc_norm.forward(pooled)
         if self.config["pre_logits"]:
             pooled = self.pre_logits.forward(pooled)                   # (B, R)
-        self.cache = z.shape
+        self._keep(z.shape)
         return self.head.forward(pooled)                               # (B, K)
 
     def backward(self, dlogits):

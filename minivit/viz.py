@@ -26,6 +26,7 @@ import numpy as np
 
 from minivit import backend
 from minivit.atomic import save_figure as atomic_save_figure
+from minivit.module import no_grad
 
 __all__ = [
     "load_model",
@@ -94,7 +95,8 @@ def predict_probs(model, x, batch_size: int = 256) -> np.ndarray:
     """
     out = []
     for start in range(0, len(x), batch_size):
-        logits = backend.to_numpy(model.forward(x[start:start + batch_size]))
+        with no_grad():                           # attn_probs are still kept
+            logits = backend.to_numpy(model.forward(x[start:start + batch_size]))
         logits = logits.astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)   # stable softmax
         p = np.exp(logits)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from helpers import randn
 
+import minivit
 from minivit import backend
 from minivit.layers import Linear
 from minivit.vit import ViT
@@ -153,3 +154,68 @@ def test_using_restores_backend_and_dtype():
     assert (backend.name, backend.default_dtype()) == before
     with pytest.raises(ValueError, match="float32, float64"):
         backend.set_default_dtype("float16")
+
+
+# -- no_grad -------------------------------------------------------------------
+def _rich_vit(**kw):
+    return ViT(image_size=16, patch_size=4, in_channels=3, num_classes=5, dim=16, depth=2,
+               heads=2, mlp_dim=24, pre_logits=8, seed=0, **kw)
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("options", [dict(), dict(gelu="exact", pool="avg")])
+def test_no_grad_gives_the_same_output_and_keeps_nothing(f64, training, options):
+    if options.get("gelu") == "exact":
+        pytest.importorskip("scipy")
+    model = _rich_vit(**options).train(training)
+    x = randn(3, 3, 16, 16, seed=1)
+    backend.seed(7)
+    expected = backend.to_numpy(model.forward(x))
+    # every module that runs a forward keeps something (the containers and
+    # patch_embed.proj, a holder of the conv parameters, run none)
+    computing = [name for name, m in model.named_modules()
+                 if name not in ("blocks", "patch_embed.proj")]
+    assert all(dict(model.named_modules())[name].cache is not None for name in computing)
+    backend.seed(7)                                    # same dropout masks (none here)
+    with minivit.no_grad():
+        assert not minivit.is_grad_enabled()
+        got = backend.to_numpy(model.forward(x))
+    assert minivit.is_grad_enabled()
+    np.testing.assert_array_equal(got, expected)
+    kept = [name for name, m in model.named_modules() if m.cache is not None]
+    assert kept == []
+    # attention maps stay available for plots
+    assert all(block.attn.attn_probs is not None for block in model.blocks)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        model.backward(randn(3, 5, seed=2))
+
+
+def test_no_grad_nests_is_a_decorator_and_is_per_thread():
+    import threading
+
+    seen = {}
+
+    @minivit.no_grad()
+    def inside():
+        with minivit.no_grad():
+            pass
+        seen["after_nested"] = minivit.is_grad_enabled()   # still off
+        worker = threading.Thread(target=lambda: seen.update(thread=minivit.is_grad_enabled()))
+        worker.start()
+        worker.join()
+
+    inside()
+    assert seen == {"after_nested": False, "thread": True}
+    assert minivit.is_grad_enabled()
+    with pytest.raises(KeyError):
+        with minivit.no_grad():
+            raise KeyError("x")
+    assert minivit.is_grad_enabled()                       # restored after an error
+
+
+def test_backward_after_no_grad_forward_of_a_layer_says_why(f32):
+    layer = Linear(4, 3)
+    with minivit.no_grad():
+        layer.forward(randn(2, 4))
+    with pytest.raises(RuntimeError, match="no_grad"):
+        layer.backward(randn(2, 3))

@@ -143,7 +143,7 @@ class MultiHeadSelfAttention(Module):
         # the heads back into (B, T, D) is a free reshape, not a copy.
         merged = xp.empty((B, T, H, hd), dtype=x.dtype)
         parallel_rows(weighted_values_kernel, attn_dropped, v, merged.transpose(0, 2, 1, 3))
-        self.cache = (q, k, v, attn, attn_dropped)
+        self._keep(q, k, v, attn, attn_dropped)
         return self.proj_drop.forward(self.proj.forward(merged.reshape(B, T, D)))
 
     def backward(self, dout):

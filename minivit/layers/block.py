@@ -31,7 +31,7 @@ class Block(Module):
         self.mlp = MLP(dim, mlp_dim, dropout=dropout, gelu=gelu)
 
     def forward(self, x):
-        self.cache = True
+        self._keep(True)
         # Each branch returns a fresh array, so the residual is added in place.
         x1 = self.attn.forward(self.norm1.forward(x))
         x1 += x                                              # x1 = x + attn(norm1(x))

@@ -25,11 +25,11 @@ class Dropout(Module):
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
-            self.cache = ("identity",)
+            self._keep("identity", None)
             return x
         keep = backend.device_rng().random(x.shape, dtype=x.dtype) >= self.p
         mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.p))
-        self.cache = ("mask", mask)
+        self._keep("mask", mask)
         return x * mask
 
     def backward(self, dout):

@@ -23,7 +23,7 @@ from __future__ import annotations
 from functools import partial
 
 from minivit import backend, init
-from minivit.module import Module, Parameter
+from minivit.module import Module, Parameter, is_grad_enabled
 from minivit.ops import dot_last, mean_last, parallel_rows, sum_rows
 
 
@@ -36,7 +36,7 @@ def layernorm_forward_kernel(x, xhat, rstd, y, gamma, beta, eps):
     xp.sqrt(var + eps, out=rstd)
     xp.divide(1.0, rstd, out=rstd)                          # rstd = 1 / sqrt(var + eps)
     xhat *= rstd                                            # xhat = (x - mu) * rstd
-    xp.multiply(xhat, gamma, out=y)
+    xp.multiply(xhat, gamma, out=y)                         # (y may be xhat itself)
     y += beta                                               # y = xhat * gamma + beta
 
 
@@ -70,12 +70,13 @@ class LayerNorm(Module):
                 f"LayerNorm expected last dimension {self.dim}, got shape {tuple(x.shape)}"
             )
         x_rows = x.reshape(-1, self.dim)                    # (R, D)
-        xhat = xp.empty_like(x_rows)
-        rstd = xp.empty((x_rows.shape[0], 1), dtype=x.dtype)
         y = xp.empty_like(x_rows)
+        # Under no_grad xhat is not kept, so y itself holds it on the way.
+        xhat = xp.empty_like(x_rows) if is_grad_enabled() else y
+        rstd = xp.empty((x_rows.shape[0], 1), dtype=x.dtype)
         parallel_rows(partial(layernorm_forward_kernel, gamma=self.weight.data,
                               beta=self.bias.data, eps=self.eps), x_rows, xhat, rstd, y)
-        self.cache = (xhat, rstd)
+        self._keep(xhat, rstd)
         return y.reshape(x.shape)
 
     def backward(self, dout):

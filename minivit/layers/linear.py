@@ -34,7 +34,7 @@ class Linear(Module):
                 f"Linear expected input with last dimension {self.in_features}, "
                 f"got shape {tuple(x.shape)}"
             )
-        self.cache = x
+        self._keep(x)
         # One 2-D matmul over all rows: NumPy's stacked matmul would loop over
         # the leading dims instead of making one BLAS call.
         x_rows = x.reshape(-1, self.in_features)               # (R, in)

@@ -30,7 +30,7 @@ class MLP(Module):
         self.drop2 = Dropout(dropout)
 
     def forward(self, x):
-        self.cache = True
+        self._keep(True)
         h = self.drop1.forward(self.act.forward(self.fc1.forward(x)))
         return self.drop2.forward(self.fc2.forward(h))
 

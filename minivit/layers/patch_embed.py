@@ -104,7 +104,7 @@ class PatchEmbed(Module):
         cols = self.im2col(x)                                       # (B, N, C*P*P)
         B, N, K = cols.shape
         w_flat = self.proj.weight.data.reshape(self.dim, K)         # (D, C*P*P)
-        self.cache = (cols, x.shape)
+        self._keep(cols, x.shape)
         tokens = cols.reshape(B * N, K) @ w_flat.T                  # one 2-D matmul (B*N, D)
         tokens += self.proj.bias.data
         return tokens.reshape(B, N, self.dim)                       # (B, N, D)

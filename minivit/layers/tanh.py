@@ -18,7 +18,7 @@ class Tanh(Module):
 
     def forward(self, x):
         y = backend.xp.tanh(x)
-        self.cache = y
+        self._keep(y)
         return y
 
     def backward(self, dout):
