@@ -46,14 +46,53 @@ def dot_last(a, b):
     return backend.xp.einsum("...i,...i->...", a, b)[..., None]
 
 
+# erf(x) = x P(x^2) / Q(x^2) on [-4, 4], a rational minimax fit for float32
+# (the coefficients of Eigen's float32 erf); beyond |x| = 4, erf(x) = +-1 to
+# float32 precision (1 - erf(4) = 1.5e-8), so x is clamped there.
+_ERF_P = (-1.60960333262415e-02, -2.95459980854025e-03, -7.34990630326855e-04,
+          -5.69250639462346e-05, -2.10102402082508e-06, 2.77068142495902e-08,
+          -2.72614225801306e-10)                 # coefficients of x^0 .. x^12 of P
+_ERF_Q = (-1.42647390514189e-02, -7.37332916720468e-03, -1.68282697438203e-03,
+          -2.13374055278905e-04, -1.45660718464996e-05)   # of Q, x^0 .. x^8
+ERF_FLOAT32_MAX_ABS_ERROR = 5e-7                 # measured by tests/test_ops.py
+
+
+def erf_rational(x, out):
+    """``out = erf(x)`` for float32 by the rational form above: only
+    multiplications, additions and one division, which NumPy runs with SIMD
+    on every x86 CPU (SciPy's erf runs one element at a time). Max absolute
+    error below ``ERF_FLOAT32_MAX_ABS_ERROR`` (a few float32 ulps of 1); NaN
+    stays NaN, -0.0 stays -0.0, |erf| <= 1. ``out`` may be ``x``."""
+    xp = backend.xp
+    xc = xp.clip(x, -4.0, 4.0)
+    s = xc * xc
+    p = s * _ERF_P[-1]
+    for c in _ERF_P[-2:0:-1]:                     # Horner's rule in s = x^2
+        p += c
+        p *= s
+    p += _ERF_P[0]
+    q = s * _ERF_Q[-1]
+    for c in _ERF_Q[-2:0:-1]:
+        q += c
+        q *= s
+    q += _ERF_Q[0]
+    xp.divide(p, q, out=out)
+    out *= xc
+    return xp.clip(out, -1.0, 1.0, out=out)      # the fit overshoots 1 by an ulp or two
+
+
 def erf(x, out=None):
     """The error function, elementwise, on the active backend.
 
-    From SciPy (``scipy.special.erf``) on NumPy and ``cupyx.scipy.special.erf``
-    on CuPy: accurate to a few units in the last place in float64 (tested
-    against Python's ``math.erf`` to 1e-14 relative). Only the exact GELU of
-    pretrained models needs it.
+    float64: SciPy's ``scipy.special.erf`` on NumPy and
+    ``cupyx.scipy.special.erf`` on CuPy, accurate to a few units in the last
+    place (tested against Python's ``math.erf`` to 1e-14 relative), so
+    gradient checks see the exact function. float32 on NumPy:
+    ``erf_rational``, accurate to float32 rounding and several times faster
+    (tested against SciPy's erf).
     """
+    if backend.name == "numpy" and x.dtype == backend.xp.float32:
+        return erf_rational(x, backend.xp.empty_like(x) if out is None else out)
     if backend.name == "cupy":
         from cupyx.scipy.special import erf as _erf
     else:

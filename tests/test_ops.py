@@ -141,3 +141,79 @@ def test_exact_gelu_matches_the_formula():
         np.testing.assert_allclose(layer.forward(x), want, rtol=1e-13, atol=1e-300)
     with pytest.raises(ValueError, match="approximate must be one of"):
         GELU(approximate="erf")
+
+
+# -- fast kernels against their readable references ---------------------------
+EDGES = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 3.0, -3.0, 9.0, -9.0, 50.0, -50.0,
+         1e4, -1e4, 1e12, -1e12]
+
+
+def _gelu_inputs(dtype):
+    return np.concatenate([np.linspace(-12, 12, 24001), EDGES]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-13), ("float32", 3e-6)])
+def test_gelu_through_exp_equals_the_tanh_form(dtype, rtol):
+    """The sigmoid form GELU uses against the tanh lines it replaces: values
+    and derivatives, over the whole range, at the edges (zeros keep their sign),
+    and NaN in gives NaN out."""
+    from minivit.layers.gelu import gelu_forward_kernel, gelu_sigmoid_forward_kernel
+    x = _gelu_inputs(dtype)
+    y_ref, d_ref, y, d = (np.empty_like(x) for _ in range(4))
+    with backend.using("numpy", dtype=dtype):
+        gelu_forward_kernel(x, y_ref, d_ref)
+        gelu_sigmoid_forward_kernel(x, y, d)
+    assert y.dtype == np.dtype(dtype) and d.dtype == np.dtype(dtype)
+    # relative to the size of the values (y ~ x far out, ~0 far left)
+    scale = np.maximum(np.abs(x), 1.0)
+    assert (np.abs(y - y_ref) / scale).max() <= rtol
+    assert np.abs(d - d_ref).max() <= rtol * 10
+    np.testing.assert_array_equal(np.signbit(y[x == 0]), np.signbit(x[x == 0]))
+    assert np.isfinite(y).all() and np.isfinite(d).all()
+    nan = np.array([np.nan], dtype)
+    out, dout = np.empty_like(nan), np.empty_like(nan)
+    with backend.using("numpy", dtype=dtype):
+        gelu_sigmoid_forward_kernel(nan, out, dout)
+    assert np.isnan(out).all() and np.isnan(dout).all()
+    with np.errstate(all="raise"):                  # no overflow warning for x << 0
+        with backend.using("numpy", dtype=dtype):
+            gelu_sigmoid_forward_kernel(np.array([-1e4, -100.0], dtype), out[:1].repeat(2),
+                                        dout[:1].repeat(2))
+
+
+def test_float32_erf_is_accurate_to_float32_rounding():
+    """The rational float32 erf against SciPy's (float64), densely over the
+    range where erf is not +-1 in float32, at the edges, with NaN."""
+    pytest.importorskip("scipy")
+    from scipy.special import erf as reference
+
+    from minivit.ops import ERF_FLOAT32_MAX_ABS_ERROR, erf, erf_rational
+    x = np.concatenate([np.linspace(-6, 6, 1_200_001), np.geomspace(1e-38, 6, 5000),
+                        -np.geomspace(1e-38, 6, 5000), EDGES, [np.inf, -np.inf]])
+    x = x.astype(np.float32)
+    got = erf_rational(x, np.empty_like(x))
+    assert got.dtype == np.float32
+    error = np.abs(got.astype(np.float64) - reference(x.astype(np.float64)))
+    assert error.max() < ERF_FLOAT32_MAX_ABS_ERROR
+    assert np.abs(got).max() <= 1.0
+    np.testing.assert_array_equal(np.signbit(got[x == 0]), np.signbit(x[x == 0]))
+    # near zero, relative accuracy too: erf(x) ~ 2x/sqrt(pi)
+    small = (np.abs(x) < 1e-3) & (x != 0)
+    np.testing.assert_allclose(got[small], reference(x[small].astype(np.float64)), rtol=1e-6)
+    assert np.isnan(erf_rational(np.array([np.nan], np.float32), np.empty(1, np.float32)))[0]
+    # the public erf takes this path for float32 NumPy arrays, and SciPy's for float64
+    np.testing.assert_array_equal(erf(x[:1000]), got[:1000])
+    assert erf(x[:10].astype(np.float64)).dtype == np.float64
+
+
+def test_exact_gelu_float32_matches_float64():
+    pytest.importorskip("scipy")
+    from minivit.layers import GELU
+    x64 = np.linspace(-10, 10, 40001)
+    layer = GELU(approximate="none")
+    with backend.using("numpy", dtype="float64"):
+        want = layer.forward(x64)
+    with backend.using("numpy", dtype="float32"):
+        got = layer.forward(x64.astype(np.float32))
+    assert got.dtype == np.float32
+    assert (np.abs(got - want) / np.maximum(np.abs(x64), 1.0)).max() < 1e-6

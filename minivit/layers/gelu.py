@@ -11,6 +11,13 @@ Exact form                                Backward (given dy)
   Phi = 0.5 (1 + erf(x / sqrt 2))           dPhi/dx = phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
   y = x Phi                                 dy/dx = Phi + x phi(x)
 
+Both forms as computed: 0.5 (1 + tanh u) = 1 / (1 + exp(-2u)) = s, a logistic
+sigmoid, so the tanh form runs as y = x s with dy/dx = s + x s (1 - s) 2 du/dx
+(``gelu_forward_kernel`` keeps the tanh lines above as the reference): NumPy
+vectorises float32 exp on every x86 CPU, tanh only on those with AVX-512,
+where it is no faster than exp. In float32 the exact form's erf is a rational
+approximation accurate to float32 rounding (``minivit.ops.erf``).
+
 dy/dx depends only on x, so in training mode the forward kernel computes it
 right away, while x and t are still in cache, and keeps it instead of x and
 t: the backward is then a single product, dx = dy * dy/dx. The kernels use
@@ -23,8 +30,10 @@ from __future__ import annotations
 
 import math
 
+import numpy
+
 from minivit import backend
-from minivit.module import Module
+from minivit.module import Module, is_grad_enabled
 from minivit.ops import erf, parallel_rows
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -59,6 +68,30 @@ def gelu_forward_kernel(x, y, dydx=None):
     dydx *= 0.5                              # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx
 
 
+def gelu_sigmoid_forward_kernel(x, y, dydx=None):
+    """``gelu_forward_kernel`` computed through exp: y = x s, s = 1 / (1 + exp(-2u))."""
+    xp = backend.xp
+    e = x * x
+    e *= -2.0 * SQRT_2_OVER_PI * COEFF
+    e -= 2.0 * SQRT_2_OVER_PI
+    e *= x                                   # -2u
+    with numpy.errstate(over="ignore"):      # x << 0: exp(-2u) = inf, so s = 0
+        xp.exp(e, out=e)
+    e += 1.0                                 # 1 / s = 1 + exp(-2u)
+    xp.divide(x, e, out=y)                   # y = x s
+    if dydx is None:
+        return
+    xp.reciprocal(e, out=e)                  # s
+    xp.multiply(x, x, out=dydx)
+    dydx *= 6.0 * SQRT_2_OVER_PI * COEFF
+    dydx += 2.0 * SQRT_2_OVER_PI             # 2 du/dx
+    dydx *= y                                # A = x s 2 du/dx
+    xp.subtract(1.0, e, out=e)               # 1 - s
+    dydx *= e
+    dydx += 1.0
+    dydx -= e                                # dy/dx = A (1 - s) + s
+
+
 def gelu_exact_forward_kernel(x, y, dydx=None):
     """Write y = x Phi(x) and, if a buffer is given, dydx = Phi + x phi(x)."""
     xp = backend.xp
@@ -90,18 +123,19 @@ class GELU(Module):
             raise ValueError(f"GELU approximate must be one of {APPROXIMATIONS}, "
                              f"got {approximate!r}")
         self.approximate = approximate
-        self.kernel = gelu_forward_kernel if approximate == "tanh" else gelu_exact_forward_kernel
+        self.kernel = (gelu_sigmoid_forward_kernel if approximate == "tanh"
+                       else gelu_exact_forward_kernel)
 
     def forward(self, x):
         xp = backend.xp
         y = xp.empty_like(x)
-        if self.training:
+        if self.training and is_grad_enabled():
             dydx = xp.empty_like(x)
             parallel_rows(self.kernel, _rows(x), _rows(y), _rows(dydx))
-            self.cache = ("dydx", dydx)
-        else:                                # inference: no derivative unless asked
+            self._keep("dydx", dydx)
+        else:                                # no derivative unless backward asks
             parallel_rows(self.kernel, _rows(x), _rows(y))
-            self.cache = ("x", x)
+            self._keep("x", x)
         return y
 
     def backward(self, dout):
