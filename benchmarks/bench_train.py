@@ -5,7 +5,7 @@
     MINIVIT_BACKEND=cupy python benchmarks/bench_train.py --batch-size 256
 
 For each configuration: a training step (forward + backward + AdamW step) and
-an inference forward, timed after warm-up as the median (and min-max) of
+an inference forward (eval mode, ``minivit.no_grad()``), timed after warm-up as the median (and min-max) of
 ``--reps`` repetitions. Where torch is installed, the same model is built in
 PyTorch from minivit's ``state_dict`` and timed in the same process with the
 same number of threads, and the ratio minivit / PyTorch is printed. Also
@@ -30,6 +30,16 @@ CONFIGS = {
                                dim=64, depth=6, heads=4, mlp_dim=128), batch_size=128),
     "bench-m": dict(model=dict(image_size=32, patch_size=4, in_channels=3, num_classes=10,
                                dim=192, depth=6, heads=3, mlp_dim=768), batch_size=64),
+    # timm's vit_small_patch16_224 (exact GELU, 224x224, 1000 classes)
+    "vit-s16": dict(model=dict(image_size=224, patch_size=16, in_channels=3, num_classes=1000,
+                               dim=384, depth=12, heads=6, mlp_dim=1536, gelu="exact"),
+                    batch_size=16),
+}
+# Run only when named (--config vit-b16): a training step takes many seconds.
+EXTRA_CONFIGS = {
+    "vit-b16": dict(model=dict(image_size=224, patch_size=16, in_channels=3, num_classes=1000,
+                               dim=768, depth=12, heads=12, mlp_dim=3072, gelu="exact"),
+                    batch_size=16),
 }
 
 
@@ -52,7 +62,8 @@ def mnist_default_config():
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", action="append",
-                   help="configuration(s) to run: mnist-s, bench-m, mnist-default (default: all)")
+                   help="configuration(s) to run: mnist-s, bench-m, vit-s16, mnist-default "
+                        "(default: these), or vit-b16")
     p.add_argument("--batch-size", type=int, default=None, help="override every batch size")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions (>= 5 recommended)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up repetitions")
@@ -107,6 +118,7 @@ def main(argv=None):
 
     import numpy as np  # noqa: PLC0415
 
+    import minivit  # noqa: PLC0415
     from minivit import backend  # noqa: PLC0415
     from minivit.loss import cross_entropy  # noqa: PLC0415
     from minivit.optim import AdamW, param_groups_weight_decay  # noqa: PLC0415
@@ -132,6 +144,7 @@ def main(argv=None):
     if default is not None:
         configs["mnist-default"] = default
     names = args.config or list(configs)
+    configs.update(EXTRA_CONFIGS)
     unknown = [n for n in names if n not in configs]
     if unknown:
         raise SystemExit(f"unknown configuration(s) {unknown}; choose from {list(configs)}")
@@ -151,14 +164,7 @@ def main(argv=None):
         tt = time_it(lambda: at @ at, reps=5, warmup=2, sync=tsync)
         torch_matmul_gflops = 2 * size ** 3 / statistics.median(tt) / 1e9
 
-    machine = dict(platform=platform.platform(), processor=platform.processor() or
-                   platform.machine(), cpu_count=os.cpu_count(), threads=args.threads,
-                   backend=backend.name, numpy=np.__version__,
-                   torch=getattr(torch, "__version__", None), torch_device=torch_device)
-    if on_gpu:
-        props = xp.cuda.runtime.getDeviceProperties(0)
-        machine["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) \
-            else str(props["name"])
+    machine = machine_info(torch, args.threads, torch_device)
     results = dict(machine=machine, matmul_gflops=matmul_gflops,
                    torch_matmul_gflops=torch_matmul_gflops, matmul_size=size, configs={})
 
@@ -180,7 +186,8 @@ def main(argv=None):
             optimizer.step()
 
         def infer():
-            model.forward(x)
+            with minivit.no_grad():               # keeps nothing for backward
+                model.forward(x)
 
         flops = matmul_flops(mcfg, batch)
         steps = {"minivit": (train_step, infer, backend.synchronize, model.train, model.eval)}
@@ -233,6 +240,76 @@ def main(argv=None):
         os.replace(tmp, args.json)
         print(f"\nwrote {args.json}")
     return results
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, from /proc/cpuinfo (Linux) or platform."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def numpy_simd() -> dict:
+    """What NumPy was built for (baseline) and what it found and uses here
+    (e.g. X86_V3 = AVX2 + FMA3, X86_V4 / AVX512_* = AVX-512), minus any
+    that NPY_DISABLE_CPU_FEATURES switched off."""
+    import numpy as np  # noqa: PLC0415
+    try:
+        simd = np.show_config(mode="dicts").get("SIMD Extensions", {})
+    except TypeError:                         # NumPy < 1.25: no dict mode
+        simd = {}
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__  # noqa: PLC0415
+    except ImportError:                       # NumPy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__  # noqa: PLC0415
+    found = [f for f in simd.get("found", []) if __cpu_features__.get(f, True)]
+    disabled = os.environ.get("NPY_DISABLE_CPU_FEATURES", "").split()
+    return dict(baseline=list(simd.get("baseline", [])), found=found,
+                avx512f=bool(__cpu_features__.get("AVX512F")),
+                avx2=bool(__cpu_features__.get("AVX2")), disabled=disabled)
+
+
+def machine_info(torch, threads, torch_device="cpu") -> dict:
+    """The facts a reader needs to compare tables from different machines."""
+    import numpy as np  # noqa: PLC0415
+
+    from minivit import backend  # noqa: PLC0415
+    info = dict(platform=platform.platform(), processor=platform.processor() or
+                platform.machine(), cpu_model=cpu_model(), cpu_count=os.cpu_count(),
+                threads=threads, backend=backend.name, numpy=np.__version__,
+                numpy_simd=numpy_simd(), torch=getattr(torch, "__version__", None),
+                torch_device=torch_device)
+    if torch is not None:
+        try:
+            info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        except AttributeError:
+            pass
+    if backend.name == "cupy":
+        props = backend.xp.cuda.runtime.getDeviceProperties(0)
+        info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) \
+            else str(props["name"])
+    return info
+
+
+def print_machine(m) -> None:
+    simd = m["numpy_simd"]
+    print(f"\nmachine: {m['cpu_model']} ({m['processor']}), {m['cpu_count']} cores, "
+          f"{m['threads']} threads, backend {m['backend']}"
+          + (f" ({m['gpu']})" if "gpu" in m else ""))
+    print(f"numpy {m['numpy']} SIMD: baseline {' '.join(simd['baseline']) or '-'}, "
+          f"found {' '.join(simd['found']) or '-'}"
+          + (f", disabled by NPY_DISABLE_CPU_FEATURES: {' '.join(simd['disabled'])}"
+             if simd["disabled"] else "")
+          + f" -> AVX-512 {'yes' if simd['avx512f'] else 'no'}, AVX2 "
+          f"{'yes' if simd['avx2'] else 'no'}")
+    print(f"torch {m['torch'] or '-'} ({m['torch_device']}"
+          + (f", CPU capability {m['torch_cpu_capability']}" if m.get("torch_cpu_capability")
+             else "") + ")")
 
 
 def measure_peak_memory(step, backend):
@@ -303,10 +380,7 @@ REFERENCE_TORCH_IMG_S = 4600.0
 
 
 def print_table(results):
-    m = results["machine"]
-    print(f"\nmachine: {m['processor']}, {m['cpu_count']} cores, {m['threads']} threads, "
-          f"backend {m['backend']}" + (f" ({m['gpu']})" if "gpu" in m else "")
-          + f", numpy {m['numpy']}, torch {m['torch'] or '-'} ({m['torch_device']})")
+    print_machine(results["machine"])
     line = f"large float32 matmul: minivit/xp {results['matmul_gflops']:.0f} GFLOP/s"
     if results["torch_matmul_gflops"]:
         line += f", torch {results['torch_matmul_gflops']:.0f} GFLOP/s"

@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py --config bench-m --steps 10
     python benchmarks/profile_step.py --config mnist-s --steps 30 --cprofile
+    python benchmarks/profile_step.py --config mnist-s --infer     # inference forward
 
 By default every layer class's ``forward`` and ``backward`` are timed with
 wall-clock timers and reported *exclusive* of the sub-layers they call (so
@@ -30,6 +31,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=25, help="rows to show with --cprofile")
     p.add_argument("--cprofile", action="store_true", help="function-level cProfile view")
+    p.add_argument("--infer", action="store_true",
+                   help="profile the inference forward (eval mode, no grad) instead")
     args = p.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "MINIVIT_NUM_THREADS"):
@@ -37,14 +40,14 @@ def main(argv=None):
     import numpy as np  # noqa: PLC0415
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_train import CONFIGS, mnist_default_config  # noqa: PLC0415
+    from bench_train import CONFIGS, EXTRA_CONFIGS, mnist_default_config  # noqa: PLC0415
 
     from minivit import backend  # noqa: PLC0415
     from minivit.loss import cross_entropy  # noqa: PLC0415
     from minivit.optim import AdamW, param_groups_weight_decay  # noqa: PLC0415
     from minivit.vit import ViT  # noqa: PLC0415
 
-    configs = dict(CONFIGS)
+    configs = dict(CONFIGS, **EXTRA_CONFIGS)
     default = mnist_default_config()
     if default is not None:
         configs["mnist-default"] = default
@@ -64,13 +67,22 @@ def main(argv=None):
     loss_fn = timer.wrap("cross_entropy", cross_entropy)
     opt_step = timer.wrap("AdamW.step", opt.step)
 
-    def step():
+    def train_step():
         zero_grad()
         _, dlogits = loss_fn(model.forward(x), y)
         model.backward(dlogits)
         opt_step()
         backend.synchronize()
 
+    def infer_step():
+        model.forward(x)
+        backend.synchronize()
+
+    if args.infer:
+        model.eval()
+        import minivit  # noqa: PLC0415
+        minivit.no_grad().__enter__()            # for the rest of this process
+    step = infer_step if args.infer else train_step
     step()
     if args.cprofile:
         prof = cProfile.Profile()
@@ -91,7 +103,8 @@ def main(argv=None):
     for _ in range(args.steps):
         step()
     total = (time.perf_counter() - start) / args.steps
-    print(f"{args.config}, batch {batch}: {1000 * total:.1f} ms per step "
+    what = "inference forward" if args.infer else "training step"
+    print(f"{args.config}, batch {batch}, {what}: {1000 * total:.1f} ms per step "
           f"(mean of {args.steps}; timers add a little)\n")
     print(f"{'share':>6} {'ms/step':>8} {'calls/step':>10}  operation (exclusive of sub-layers)")
     rows = sorted(timer.own.items(), key=lambda kv: -kv[1])

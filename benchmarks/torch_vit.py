@@ -15,10 +15,10 @@ from torch import nn
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, heads, attn_dropout=0.0, proj_dropout=0.0):
+    def __init__(self, dim, heads, attn_dropout=0.0, proj_dropout=0.0, qkv_bias=True):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.attn_dropout = attn_dropout
         self.proj_drop = nn.Dropout(proj_dropout)
@@ -32,22 +32,24 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim, hidden, dropout=0.0):
+    def __init__(self, dim, hidden, dropout=0.0, gelu="tanh"):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
+        self.approximate = "tanh" if gelu == "tanh" else "none"
 
     def forward(self, x):
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x), approximate="tanh"))))
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x), approximate=self.approximate))))
 
 
 class Block(nn.Module):
-    def __init__(self, dim, heads, mlp_dim, dropout=0.0, attn_dropout=0.0):
+    def __init__(self, dim, heads, mlp_dim, dropout=0.0, attn_dropout=0.0, eps=1e-6,
+                 qkv_bias=True, gelu="tanh"):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads, attn_dropout, dropout)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, mlp_dim, dropout)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads, attn_dropout, dropout, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, mlp_dim, dropout, gelu)
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x))
@@ -66,7 +68,8 @@ class PatchEmbed(nn.Module):
 class TorchViT(nn.Module):
     def __init__(self, image_size=28, patch_size=7, in_channels=1, num_classes=10, dim=64,
                  depth=6, heads=4, mlp_dim=128, dropout=0.0, attn_dropout=0.0, pool="cls",
-                 pos_embed="learned", stride=None, **_ignored):
+                 pos_embed="learned", stride=None, gelu="tanh", norm_eps=1e-6, qkv_bias=True,
+                 pre_logits=None, **_ignored):
         super().__init__()
         stride = stride or patch_size
         grid = (image_size - patch_size) // stride + 1
@@ -76,10 +79,18 @@ class TorchViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim),
                                       requires_grad=pos_embed == "learned")
         self.pos_drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_dim, dropout, attn_dropout)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_dim, dropout, attn_dropout,
+                                          norm_eps, qkv_bias, gelu)
                                     for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, num_classes)
+        if pool == "avg":
+            self.fc_norm = nn.LayerNorm(dim, eps=norm_eps)    # timm: norm after pooling
+        else:
+            self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        if pre_logits:
+            self.pre_logits = nn.Sequential()
+            self.pre_logits.add_module("fc", nn.Linear(dim, pre_logits))
+            self.pre_logits.add_module("act", nn.Tanh())
+        self.head = nn.Linear(pre_logits or dim, num_classes)
 
     def forward(self, x):
         t = self.patch_embed(x)
@@ -87,8 +98,13 @@ class TorchViT(nn.Module):
         z = self.pos_drop(z)
         for block in self.blocks:
             z = block(z)
-        z = self.norm(z)
-        pooled = z[:, 0] if self.pool == "cls" else z[:, 1:].mean(dim=1)
+        if self.pool == "avg":
+            pooled = self.fc_norm(z[:, 1:].mean(dim=1))
+        else:
+            z = self.norm(z)
+            pooled = z[:, 0] if self.pool == "cls" else z[:, 1:].mean(dim=1)
+        if hasattr(self, "pre_logits"):
+            pooled = self.pre_logits(pooled)
         return self.head(pooled)
 
 

@@ -42,6 +42,11 @@ def test_benchmark_smoke(tmp_path, capsys, monkeypatch, use_torch):
     assert json.loads(out.read_text())["configs"]["mnist-s"]["batch_size"] == 8
     table = capsys.readouterr().out
     assert "mnist-s" in table and "GFLOP/s" in table
+    # the facts that tell machines apart: CPU model and NumPy's SIMD extensions
+    machine = results["machine"]
+    assert machine["cpu_model"] and machine["cpu_model"] in table
+    assert "SIMD: baseline" in table and isinstance(machine["numpy_simd"]["found"], list)
+    assert ("AVX-512 yes" in table) == machine["numpy_simd"]["avx512f"]
     # reference-seconds: wall seconds x (PyTorch mnist-s img/s in this run) / 4600
     torch_img_s = entry["torch"]["train"]["images_per_s"] if use_torch else None
     if use_torch:
@@ -51,3 +56,35 @@ def test_benchmark_smoke(tmp_path, capsys, monkeypatch, use_torch):
     else:
         assert "reference_seconds_per_wall_second" not in results
         assert "reference-seconds" not in table
+
+
+@pytest.mark.parametrize("use_torch", [False, True], ids=["numpy-only", "with-torch"])
+def test_inference_benchmark_smoke(tmp_path, capsys, monkeypatch, use_torch):
+    """bench_inference on the smallest preset: throughput, the logits agree
+    with PyTorch's, and the memory of a fresh process is measured."""
+    import bench_inference
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "MINIVIT_NUM_THREADS"):
+        monkeypatch.setenv(var, "2")
+    if use_torch:
+        pytest.importorskip("torch")
+    else:
+        monkeypatch.setitem(sys.modules, "torch", None)     # as if not installed
+    argv = ["--model", "vit_tiny_patch16_224", "--batch", "1", "2", "--reps", "1",
+            "--warmup", "0", "--json", str(tmp_path / "inf.json")]
+    if not use_torch:
+        argv.append("--no-memory")
+    results = bench_inference.main(argv)
+    for batch in (1, 2):
+        entry = results["batches"][batch]
+        assert entry["minivit"]["images_per_s"] > 0
+        assert ("ratio" in entry) == use_torch
+        if use_torch:
+            assert entry["max_abs_logit_diff"] < 1e-4
+    if use_torch:
+        for who in ("minivit", "torch"):
+            m = results["memory"][who]
+            assert 0 < m["loaded_mb"] <= m["peak_mb"] + 1
+    table = capsys.readouterr().out
+    assert "vit_tiny_patch16_224" in table and "SIMD" in table
+    assert json.loads((tmp_path / "inf.json").read_text())["model"] == "vit_tiny_patch16_224"
