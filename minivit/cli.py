@@ -13,7 +13,9 @@ import os
 import sys
 import time
 
-from minivit import backend, distributed
+import numpy as np
+
+from minivit import backend, distributed, viz
 from minivit.config import PRESETS, TrainConfig, preset_for
 from minivit.data import (
     DATASETS,
@@ -24,11 +26,13 @@ from minivit.data import (
     load_image_folder,
     normalize,
 )
+from minivit.pretrained import WeightsError, create_model, load_pretrained
 from minivit.reporting import format_duration
 from minivit.train import NonFiniteLossError, Trainer
 from minivit.vit import POOLS, POS_EMBEDS, ViT
 
-__all__ = ["build_parser", "parse_args", "model_kwargs", "load_data", "main", "run"]
+__all__ = ["build_parser", "parse_args", "model_kwargs", "build_model", "load_data", "main",
+           "run"]
 
 IMAGE_FOLDER = "imagefolder"
 DATASET_CHOICES = (*DATASETS, IMAGE_FOLDER)
@@ -80,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "system folder, else ~/.cache/minivit/<dataset>, downloaded when "
                         "missing); for imagefolder, the folder of class subfolders")
     g.add_argument("--image-size", type=positive_int, default=None, metavar="N",
-                   help="imagefolder: resize every image to N x N")
+                   help="resize every image to N x N (imagefolder; or any dataset, e.g. 32 or "
+                        "224 for pretrained models with 16-px patches)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=3,
                    help="imagefolder: 1 = greyscale, 3 = RGB")
     g.add_argument("--mean", type=floats, default=None,
@@ -160,6 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true",
                    help="no progress or per-epoch lines, only the final result")
 
+    g = p.add_argument_group("pretrained weights (fine-tuning; see examples/finetune.py)")
+    g.add_argument("--weights", default=None, metavar="FILE",
+                   help="start from these weights (.safetensors, Google .npz, minivit .npz, "
+                        ".pth): the architecture comes from the file or --model, the head "
+                        "is replaced when the class count differs, the position embedding "
+                        "resampled to the image size; the model flags above are ignored")
+    g.add_argument("--model", default=None, metavar="PRESET",
+                   help="a timm architecture (vit_tiny_patch16_224, vit_small_patch16_224, "
+                        "vit_base_patch16_224, vit_base_patch32_224, vit_large_patch16_224) "
+                        "for --weights, or to train from scratch")
+    g.add_argument("--num-classes", type=positive_int, default=None, metavar="K",
+                   help="classes of the head (default: the dataset's)")
+    g.add_argument("--backbone-lr-scale", type=float, default=1.0, metavar="S",
+                   help="learning rate of everything but the head = lr x S (e.g. 0.1)")
+    g.add_argument("--freeze-backbone", action="store_true",
+                   help="train the head only (same as --backbone-lr-scale 0)")
+
     g = p.add_argument_group("several processes (MPI; launch with mpirun -n N or srun)")
     g.add_argument("--distributed", action="store_true",
                    help="use MPI even when not started by a launcher (otherwise detected "
@@ -190,6 +212,54 @@ def model_kwargs(args, image_size: int, in_channels: int, num_classes: int) -> d
                 pool=args.pool, pos_embed=args.pos_embed, seed=args.seed)
 
 
+def resize_images(images, size: int, chunk: int = 2048):
+    """Bilinear resize of raw uint8 images (N, [C,] H, W) to size x size, uint8."""
+    out = np.empty((*images.shape[:-2], size, size), dtype=np.uint8)
+    for start in range(0, len(images), chunk):          # bounded float64 temporaries
+        resized = viz.upsample(images[start:start + chunk], size, mode="bilinear")
+        out[start:start + chunk] = np.clip(np.rint(resized), 0, 255)
+    return out
+
+
+def build_model(args, train, test, names, say=print):
+    """The ViT the options ask for: from ``--weights`` (head and position
+    embedding adapted), a ``--model`` preset, or the model flags. Grayscale
+    data given to a 3-channel model is repeated over the channels.
+
+    Returns:
+        (model, train, test), the data possibly with repeated channels.
+    """
+    x_train = train[0]
+    size, channels = x_train.shape[-1], x_train.shape[1]
+    classes = args.num_classes or len(names)
+    if classes < len(names):
+        raise DataError(f"--num-classes {classes} is fewer than the dataset's "
+                        f"{len(names)} classes")
+    if not (args.weights or args.model):
+        return ViT(**model_kwargs(args, size, channels, classes)), train, test
+    try:
+        if args.weights:
+            model = load_pretrained(args.weights, preset=args.model, num_classes=classes,
+                                    image_size=size, log=say).train()
+        else:
+            model = create_model(args.model, num_classes=classes, image_size=size,
+                                 in_channels=channels, seed=args.seed)
+    except WeightsError:
+        raise
+    except ValueError as exc:       # e.g. 28-px images and 16-px patches
+        raise DataError(f"{exc}. The images are {size} px: resize them with --image-size "
+                        "(e.g. 32 or 224 for 16-px patches)") from None
+    wanted = model.config["in_channels"]
+    if wanted != channels:
+        if channels != 1:
+            raise DataError(f"the model takes {wanted}-channel images, the data has "
+                            f"{channels} channels")
+        say(f"grayscale images repeated over the model's {wanted} channels")
+        train = (train[0].repeat(wanted, axis=1), train[1])
+        test = (test[0].repeat(wanted, axis=1), test[1])
+    return model, train, test
+
+
 def load_data(args, quiet: bool | None = None):
     """Load, subset and normalise the data the options ask for (``quiet``:
     no download messages; default ``args.quiet``).
@@ -215,6 +285,8 @@ def load_data(args, quiet: bool | None = None):
         x_train, y_train, x_test, y_test = load_dataset(
             info, args.data_dir, quiet=args.quiet if quiet is None else quiet)
         names, mean, std, evaluated_on = info.class_names, info.mean, info.std, "test set"
+        if args.image_size and args.image_size != x_train.shape[-1]:
+            x_train, x_test = (resize_images(x, args.image_size) for x in (x_train, x_test))
     if args.val_split:
         if args.val_split >= len(x_train):
             raise ValueError(f"--val-split {args.val_split} leaves no training images "
@@ -261,8 +333,8 @@ def _train(args, world, t_start) -> Trainer:
         else:
             world.barrier(watched=False)
             train, test, names, mean, std, evaluated_on = load_data(args, quiet=True)
+        model, train, test = build_model(args, train, test, names, say)
         x_train = train[0]
-        model = ViT(**model_kwargs(args, x_train.shape[-1], x_train.shape[1], len(names)))
         config = TrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             min_lr=args.min_lr, warmup_epochs=args.warmup,
@@ -270,7 +342,8 @@ def _train(args, world, t_start) -> Trainer:
             momentum=args.momentum, label_smoothing=args.label_smoothing,
             clip_grad=args.clip_grad if args.clip_grad > 0 else None,
             augment=args.augment, max_shift=args.max_shift,
-            max_rotate=args.max_rotate, seed=args.seed)
+            max_rotate=args.max_rotate, seed=args.seed,
+            backbone_lr_scale=0.0 if args.freeze_backbone else args.backbone_lr_scale)
         trainer = Trainer(model, train, test, config, out_dir=out, dataset=args.dataset,
                           mean=mean, std=std, class_names=names, quiet=args.quiet,
                           tensorboard=args.tensorboard, world=world)
@@ -282,9 +355,14 @@ def _train(args, world, t_start) -> Trainer:
         say(f"backend {backend.name} ({args.dtype}); dataset {args.dataset} "
             f"(preset {args.preset}): {len(x_train)} train images, {len(test[0])} "
             f"evaluated ({evaluated_on})")
-        say(f"model: ViT {x_train.shape[-1]}px, patch {args.patch_size}, dim {args.dim}, "
-            f"depth {args.depth}, heads {args.heads}, mlp {args.mlp_dim}: "
-            f"{model.num_parameters():,} parameters")
+        mc = model.config
+        say(f"model: ViT {mc['image_size']}px, patch {mc['patch_size']}, dim {mc['dim']}, "
+            f"depth {mc['depth']}, heads {mc['heads']}, mlp {mc['mlp_dim']}: "
+            f"{model.num_parameters():,} parameters"
+            + (f", from {args.weights}" if args.weights else "")
+            + (", backbone frozen" if config.backbone_lr_scale == 0 else
+               f", backbone lr x {config.backbone_lr_scale:g}"
+               if config.backbone_lr_scale != 1 else ""))
         say(f"training: {config.epochs} epochs x {trainer.steps_per_epoch} steps, "
             f"{config.optimizer} lr {config.lr:g}, batch {config.batch_size}, "
             f"augment {'on' if config.augment else 'off'}, "
@@ -317,7 +395,7 @@ def run(argv=None) -> int:
     """:func:`main` for a script: errors become one clear line and an exit code."""
     try:
         main(argv)
-    except (NonFiniteLossError, DataError, FileNotFoundError, ImportError,
+    except (NonFiniteLossError, DataError, FileNotFoundError, ImportError, WeightsError,
             distributed.DistributedError) as exc:
         # On several ranks only errors raised by all of them get here (any
         # other aborts the job): rank 0 speaks for everyone.

@@ -36,6 +36,9 @@ class TrainConfig:
         seed: seeds shuffling, augmentation and dropout (the model's own
             initialisation is seeded where it is built).
         eval_batch_size: batch size for evaluation (no backward: can be large).
+        backbone_lr_scale: fine-tuning: the learning rate of everything but the
+            head (``head.*``) is ``lr * backbone_lr_scale``; 0 freezes the
+            backbone (left out of the optimizer; only the head trains).
     """
 
     epochs: int = 12
@@ -53,6 +56,7 @@ class TrainConfig:
     max_rotate: float = 10.0
     seed: int = 0
     eval_batch_size: int = 500
+    backbone_lr_scale: float = 1.0
 
     def __post_init__(self):
         if int(self.epochs) != self.epochs or self.epochs < 1:
@@ -72,6 +76,9 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ValueError(f"clip_grad must be > 0 or None, got {self.clip_grad}")
+        if not 0.0 <= self.backbone_lr_scale <= 1.0:
+            raise ValueError("backbone_lr_scale must be in [0, 1] (0 freezes the backbone, "
+                             f"1 trains it at the head's lr), got {self.backbone_lr_scale}")
         if int(self.seed) != self.seed or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)

@@ -228,6 +228,8 @@ class Trainer:
     def _make_optimizer(self):
         cfg = self.config
         groups = param_groups_weight_decay(self.model.named_parameters(), cfg.weight_decay)
+        if cfg.backbone_lr_scale != 1.0:              # fine-tuning: the head vs the rest
+            groups = split_head_groups(groups, cfg.backbone_lr_scale)
         groups = [g for g in groups if g["params"]]   # e.g. no 1-D params at all
         if cfg.optimizer == "adamw":
             return AdamW(groups, lr=cfg.lr)
@@ -562,3 +564,18 @@ def _stat(value):
     """A normalisation statistic as saved: a float, or a tuple of per-channel floats."""
     arr = np.asarray(value, dtype=np.float64)
     return float(arr) if arr.ndim == 0 else tuple(float(v) for v in arr.ravel())
+
+
+def split_head_groups(groups: list[dict], backbone_lr_scale: float) -> list[dict]:
+    """Each parameter group split into the head (``head.*``, full lr) and the
+    backbone (lr x ``backbone_lr_scale``; left out when that is 0, so the
+    optimizer never touches it: a frozen backbone)."""
+    out = []
+    for group in groups:
+        head = [(n, p) for n, p in group["params"] if n.startswith("head.")]
+        body = [(n, p) for n, p in group["params"] if not n.startswith("head.")]
+        out.append({**group, "params": head})
+        if backbone_lr_scale > 0:
+            out.append({**group, "params": body, "lr_scale": backbone_lr_scale})
+    return out
+
