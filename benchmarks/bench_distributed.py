@@ -29,7 +29,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
-from bench_train import CONFIGS  # noqa: E402
+from bench_train import CONFIGS, cpu_model  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -131,19 +131,6 @@ def launch(args) -> list[dict]:
                              capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     return rows
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name (Linux), else what ``platform`` knows."""
-    import platform
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> None:

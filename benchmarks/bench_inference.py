@@ -168,7 +168,7 @@ def main(argv=None):
     import numpy as np  # noqa: PLC0415
 
     sys.path.insert(0, HERE)
-    from bench_train import machine_info, print_machine, time_it  # noqa: PLC0415
+    from bench_train import machine_info, print_machine, time_it, write_json  # noqa: PLC0415
 
     import minivit  # noqa: PLC0415
     model, twin, torch = build(args)
@@ -225,11 +225,7 @@ def main(argv=None):
             print(f"  {who:<8} model loaded {m['loaded_mb']:6.0f} MB, peak {m['peak_mb']:6.0f} MB "
                   f"(forward: +{rise:.0f} MB at most)")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, args.json)
-        print(f"\nwrote {args.json}")
+        write_json(results, args.json)
     return results
 
 

@@ -234,12 +234,17 @@ def main(argv=None):
         results["reference_seconds_per_wall_second"] = per_s / REFERENCE_TORCH_IMG_S
     print_table(results)
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, args.json)
-        print(f"\nwrote {args.json}")
+        write_json(results, args.json)
     return results
+
+
+def write_json(results: dict, path: str) -> None:
+    """Write the results atomically (a temporary file, then a rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
+    print(f"\nwrote {path}")
 
 
 def cpu_model() -> str:
