@@ -29,13 +29,20 @@ CONFIGS = [
          heads=3, mlp_dim=40, pool="mean", pos_embed="sincos"),
     dict(image_size=12, patch_size=4, in_channels=2, num_classes=5, dim=16, depth=2,
          heads=2, mlp_dim=16, pool="cls", pos_embed="learned", stride=2),
+    # the options of pretrained models: exact GELU, timm's avg pooling + fc_norm,
+    # no qkv bias, Dense + tanh pre-logits, another LayerNorm eps
+    dict(image_size=16, patch_size=4, in_channels=3, num_classes=6, dim=24, depth=2,
+         heads=3, mlp_dim=40, pool="avg", pos_embed="learned", gelu="exact", qkv_bias=False,
+         pre_logits=12, norm_eps=1e-5),
 ]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=["mnist-cls-learned", "rgb-mean-sincos",
-                                              "overlapping-patches"])
+                                              "overlapping-patches", "pretrained-options"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_forward_and_every_gradient_match_pytorch(cfg, smoothing, backend_name):
+    if cfg.get("gelu") == "exact":
+        pytest.importorskip("scipy", reason="float64 erf comes from SciPy")
     with backend.using(backend_name, dtype="float64"):
         model = ViT(**cfg, seed=0)
         randomize_parameters(model, scale=0.3, seed=1)
