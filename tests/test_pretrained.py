@@ -211,11 +211,30 @@ def test_resample_pos_embed():
     # a linear ramp over the grid stays linear inside (bilinear reproduces it)
     ramp = np.zeros((1, 1 + 16, 1))
     ramp[0, 1:, 0] = np.repeat(np.arange(4.0), 4)                         # row index
-    up = resample_pos_embed(ramp, 8)[0, 1:, 0].reshape(8, 8)
+    up = resample_pos_embed(ramp, 8, mode="bilinear")[0, 1:, 0].reshape(8, 8)
     np.testing.assert_allclose(up[2:6, 0], [0.75, 1.25, 1.75, 2.25])
     assert np.all(up == up[:, :1])                                         # constant along rows
     with pytest.raises(WeightsError, match="not a square grid"):
         resample_pos_embed(np.zeros((1, 1 + 12, 2)), 4)
+    with pytest.raises(ValueError, match="resample mode must be one of"):
+        resample_pos_embed(table, 5, mode="area")
+    # bicubic (the default) keeps constants too, and every weight row sums to 1
+    np.testing.assert_allclose(resample_pos_embed(const, 2), np.ones((1, 5, 2)) * [3, -1])
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("old,new", [(14, 24), (14, 7), (7, 14), (4, 7), (24, 14), (14, 2)])
+def test_resample_pos_embed_equals_timms_interpolation(old, new, mode):
+    """timm resamples with torch's interpolate(antialias=True, align_corners=False)."""
+    torch = pytest.importorskip("torch")
+    table = np.random.default_rng(old * new).standard_normal((1, 1 + old * old, 5))
+    ours = resample_pos_embed(table, new, mode=mode)
+    grid = torch.from_numpy(table[0, 1:].reshape(old, old, 5)).permute(2, 0, 1)[None]
+    theirs = torch.nn.functional.interpolate(grid, size=(new, new), mode=mode, antialias=True,
+                                             align_corners=False)
+    theirs = theirs[0].permute(1, 2, 0).reshape(new * new, 5).numpy()
+    np.testing.assert_allclose(ours[0, 1:], theirs, rtol=0, atol=1e-13)
+    np.testing.assert_array_equal(ours[0, 0], table[0, 0])                # class token kept
 
 
 # --------------------------------------------------------------------------
