@@ -29,8 +29,11 @@ def test_benchmark_smoke(tmp_path, capsys, monkeypatch, use_torch):
     if use_torch:
         pytest.importorskip("torch")
     out = tmp_path / "bench.json"
-    argv = ["--config", "mnist-s", "--batch-size", "8", "--reps", "1", "--warmup", "0",
-            "--json", str(out)]
+    # a small mnist-s batch, made its own size (a reference-second is defined at
+    # mnist-s's batch size only)
+    monkeypatch.setitem(bench_train.CONFIGS, "mnist-s",
+                        dict(bench_train.CONFIGS["mnist-s"], batch_size=8))
+    argv = ["--config", "mnist-s", "--reps", "1", "--warmup", "0", "--json", str(out)]
     if not use_torch:
         argv.append("--no-torch")
     results = bench_train.main(argv)
@@ -88,3 +91,14 @@ def test_inference_benchmark_smoke(tmp_path, capsys, monkeypatch, use_torch):
     table = capsys.readouterr().out
     assert "vit_tiny_patch16_224" in table and "SIMD" in table
     assert json.loads((tmp_path / "inf.json").read_text())["model"] == "vit_tiny_patch16_224"
+
+
+def test_no_reference_seconds_at_another_batch_size(monkeypatch):
+    pytest.importorskip("torch")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "MINIVIT_NUM_THREADS"):
+        monkeypatch.setenv(var, "2")
+    results = bench_train.main(["--config", "mnist-s", "--batch-size", "4", "--reps", "1",
+                                "--warmup", "0"])
+    assert "ratio_train" in results["configs"]["mnist-s"]
+    assert "reference_seconds_per_wall_second" not in results

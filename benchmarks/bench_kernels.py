@@ -1,0 +1,79 @@
+"""The fast elementwise kernels against the readable forms they replace.
+
+    python benchmarks/bench_kernels.py
+    NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR" python benchmarks/bench_kernels.py
+
+Times, on one thread and on float32 arrays of a training step's size:
+
+* GELU (tanh form): the tanh lines of ``gelu_forward_kernel`` against the
+  exp (sigmoid) form GELU runs, ``gelu_sigmoid_forward_kernel``, with and
+  without the derivative;
+* erf: SciPy's against ``minivit.ops.erf_rational`` (float32).
+
+The second command makes NumPy behave as on a CPU without AVX-512 (it then
+runs float32 tanh one element at a time, exp still with AVX2); the numbers
+show what the exp form buys there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def time_ms(fn, reps):
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=128 * 17, help="rows (tokens of a batch)")
+    p.add_argument("--cols", type=int, default=128, help="columns (MLP width)")
+    p.add_argument("--reps", type=int, default=50)
+    args = p.parse_args(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MINIVIT_NUM_THREADS"):
+        os.environ[var] = "1"
+    import numpy as np  # noqa: PLC0415
+
+    sys.path.insert(0, HERE)
+    from bench_train import machine_info, print_machine  # noqa: PLC0415
+
+    from minivit.layers.gelu import (  # noqa: PLC0415
+        gelu_forward_kernel,
+        gelu_sigmoid_forward_kernel,
+    )
+    from minivit.ops import erf_rational  # noqa: PLC0415
+
+    x = np.random.default_rng(0).standard_normal((args.rows, args.cols)).astype(np.float32)
+    y, d = np.empty_like(x), np.empty_like(x)
+    print_machine(machine_info(None, 1))
+    print(f"\nfloat32 ({args.rows}, {args.cols}), one thread, median of {args.reps} (ms)\n")
+    rows = [("GELU y (tanh form, reference)", lambda: gelu_forward_kernel(x, y)),
+            ("GELU y (exp form, used)", lambda: gelu_sigmoid_forward_kernel(x, y)),
+            ("GELU y + dy/dx (tanh form)", lambda: gelu_forward_kernel(x, y, d)),
+            ("GELU y + dy/dx (exp form)", lambda: gelu_sigmoid_forward_kernel(x, y, d)),
+            ("np.tanh alone", lambda: np.tanh(x, out=y)),
+            ("np.exp alone", lambda: np.exp(x, out=y))]
+    try:
+        from scipy.special import erf  # noqa: PLC0415
+        rows.append(("erf (SciPy)", lambda: erf(x, out=y)))
+    except ImportError:
+        pass
+    rows.append(("erf (rational, used for float32)", lambda: erf_rational(x, y)))
+    for name, fn in rows:
+        print(f"  {name:<36}{time_ms(fn, args.reps):8.3f}")
+
+
+if __name__ == "__main__":
+    main()
