@@ -285,8 +285,6 @@ def load_data(args, quiet: bool | None = None):
         x_train, y_train, x_test, y_test = load_dataset(
             info, args.data_dir, quiet=args.quiet if quiet is None else quiet)
         names, mean, std, evaluated_on = info.class_names, info.mean, info.std, "test set"
-        if args.image_size and args.image_size != x_train.shape[-1]:
-            x_train, x_test = (resize_images(x, args.image_size) for x in (x_train, x_test))
     if args.val_split:
         if args.val_split >= len(x_train):
             raise ValueError(f"--val-split {args.val_split} leaves no training images "
@@ -298,6 +296,8 @@ def load_data(args, quiet: bool | None = None):
         x_train, y_train = x_train[:args.train_subset], y_train[:args.train_subset]
     if args.test_subset:
         x_test, y_test = x_test[:args.test_subset], y_test[:args.test_subset]
+    if args.image_size and args.image_size != x_train.shape[-1]:     # after subsetting
+        x_train, x_test = (resize_images(x, args.image_size) for x in (x_train, x_test))
     # Host float arrays, normalised once; batches move to the device later.
     x_train = normalize(x_train, mean, std, dtype=args.dtype)
     x_test = normalize(x_test, mean, std, dtype=args.dtype)
