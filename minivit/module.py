@@ -19,6 +19,7 @@ backward reads (GELU's derivative, LayerNorm's separate normalised copy).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 
@@ -54,8 +55,6 @@ class no_grad:
         return False
 
     def __call__(self, fn):
-        import functools
-
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             with no_grad():
