@@ -122,6 +122,7 @@ def main(argv=None):
     from minivit import backend  # noqa: PLC0415
     from minivit.loss import cross_entropy  # noqa: PLC0415
     from minivit.optim import AdamW, param_groups_weight_decay  # noqa: PLC0415
+    from minivit.replicas import Replicas  # noqa: PLC0415
     from minivit.vit import ViT  # noqa: PLC0415
 
     torch = None
@@ -179,15 +180,16 @@ def main(argv=None):
         y_host = rng.integers(0, mcfg["num_classes"], size=batch)
         x, y = backend.to_device(x_host), backend.to_device(y_host)
 
+        replicas = Replicas(model)                # as the Trainer: a replica per thread
+
         def train_step():
             model.zero_grad()
-            _, dlogits = cross_entropy(model.forward(x), y)
-            model.backward(dlogits)
+            replicas.forward_backward(x, y, cross_entropy)
             optimizer.step()
 
         def infer():
             with minivit.no_grad():               # keeps nothing for backward
-                model.forward(x)
+                replicas.forward(x)
 
         flops = matmul_flops(mcfg, batch)
         steps = {"minivit": (train_step, infer, backend.synchronize, model.train, model.eval)}

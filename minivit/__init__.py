@@ -7,10 +7,12 @@ the loss in :mod:`minivit.loss` and the checker in :mod:`minivit.gradcheck`.
 from minivit import backend
 from minivit.gradcheck import check_gradients, check_module
 from minivit.loss import cross_entropy
-from minivit.module import Module, ModuleList, Parameter, is_grad_enabled, no_grad
+from minivit.module import (Module, ModuleList, Parameter, is_grad_enabled, no_grad,
+                            set_grad_enabled)
 from minivit.vit import ViT
 
 __version__ = "0.1.0"
 
 __all__ = ["backend", "Module", "ModuleList", "Parameter", "ViT", "check_gradients",
-           "check_module", "cross_entropy", "is_grad_enabled", "no_grad", "__version__"]
+           "check_module", "cross_entropy", "is_grad_enabled", "no_grad", "set_grad_enabled",
+           "__version__"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import numpy
 
@@ -188,9 +189,26 @@ def host_rng() -> numpy.random.Generator:
     return _host_rng
 
 
+_thread_rng = threading.local()
+
+
 def device_rng():
-    """Generator on the active backend (dropout masks)."""
-    return _device_rng
+    """Generator on the active backend (dropout masks): this thread's own if
+    one was given with :func:`thread_device_rng`, else the process's."""
+    return getattr(_thread_rng, "generator", None) or _device_rng
+
+
+@contextlib.contextmanager
+def thread_device_rng(generator):
+    """Within this block, in this thread, dropout masks come from
+    ``generator``: each model replica (``minivit.replicas``) draws its own,
+    so the masks do not depend on which thread happens to draw first."""
+    previous = getattr(_thread_rng, "generator", None)
+    _thread_rng.generator = generator
+    try:
+        yield generator
+    finally:
+        _thread_rng.generator = previous
 
 
 def get_rng_state() -> dict:

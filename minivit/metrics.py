@@ -28,7 +28,7 @@ class Evaluation:
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500,
-             label_smoothing: float = 0.0) -> Evaluation:
+             label_smoothing: float = 0.0, forward=None) -> Evaluation:
     """Accuracy, mean loss and predictions of ``model`` on ``(x, y)``.
 
     Runs in eval mode (dropout off), forward only, in batches; the model's
@@ -37,10 +37,13 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500,
     Args:
         x: host float images (N, C, H, W), already normalised.
         y: host integer labels (N,).
+        forward: what computes a batch's logits, ``model.forward`` unless
+            given (the trainer passes its ``Replicas.forward``).
     """
     n = len(x)
     if n == 0:
         raise ValueError("evaluate needs at least one image")
+    forward = model.forward if forward is None else forward
     was_training = model.training
     model.eval()
     try:
@@ -49,7 +52,7 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500,
             for start in range(0, n, batch_size):
                 xb = backend.to_device(x[start:start + batch_size])
                 yb = backend.to_device(y[start:start + batch_size])
-                logits = model.forward(xb)
+                logits = forward(xb)
                 loss, _ = cross_entropy(logits, yb, label_smoothing)
                 total_loss += loss * len(xb)           # batch mean -> sum
                 preds.append(backend.to_numpy(logits.argmax(axis=1)))

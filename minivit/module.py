@@ -36,7 +36,24 @@ def is_grad_enabled() -> bool:
     return getattr(_grad_mode, "enabled", True)
 
 
-class no_grad:
+class set_grad_enabled:
+    """``with set_grad_enabled(False):`` equals ``no_grad()``; ``True``
+    re-enables gradients (in this thread), as ``torch.set_grad_enabled``."""
+
+    def __init__(self, mode: bool):
+        self.mode = bool(mode)
+
+    def __enter__(self):
+        self._previous = is_grad_enabled()
+        _grad_mode.enabled = self.mode
+        return self
+
+    def __exit__(self, *exc):
+        _grad_mode.enabled = self._previous
+        return False
+
+
+class no_grad(set_grad_enabled):
     """``with minivit.no_grad(): model.forward(x)``: a forward that keeps
     nothing for backward (a backward after it is an error that says so).
 
@@ -45,14 +62,8 @@ class no_grad:
     backward run (e.g. saliency maps of a model in eval mode).
     """
 
-    def __enter__(self):
-        self._previous = is_grad_enabled()
-        _grad_mode.enabled = False
-        return self
-
-    def __exit__(self, *exc):
-        _grad_mode.enabled = self._previous
-        return False
+    def __init__(self):
+        super().__init__(False)
 
     def __call__(self, fn):
         @functools.wraps(fn)

@@ -57,6 +57,7 @@ from minivit.loss import cross_entropy
 from minivit.metrics import Evaluation, confusion_matrix, evaluate
 from minivit.module import no_grad
 from minivit.optim import SGD, AdamW, WarmupCosine, clip_grad_norm_, param_groups_weight_decay
+from minivit.replicas import Replicas
 from minivit.reporting import (
     METRIC_KEYS,
     MetricsLog,
@@ -180,6 +181,8 @@ class Trainer:
         self.last_eval: Evaluation | None = None
         self._elapsed_before = 0.0   # seconds spent in earlier (resumed) sessions
         self.buckets = self._setup_ranks(bucket_bytes) if self.world.distributed else None
+        # one replica of the model per core, each on a slice of every batch
+        self.replicas = Replicas(model)
 
     # -- setup ----------------------------------------------------------------
     @staticmethod
@@ -474,9 +477,9 @@ class Trainer:
         if len(xb_host) == 0:
             return 0.0, 0
         xb, yb = backend.to_device(xb_host), backend.to_device(yb_host)
-        logits = self.model.forward(xb)
-        loss, dlogits = cross_entropy(logits, yb, self.config.label_smoothing)
-        self.model.backward(dlogits)
+        smoothing = self.config.label_smoothing
+        loss, logits = self.replicas.forward_backward(
+            xb, yb, lambda logits, y: cross_entropy(logits, y, smoothing))
         return loss, int((logits.argmax(axis=1) == yb).sum())    # one scalar to host
 
     def evaluate(self) -> Evaluation:
@@ -484,11 +487,12 @@ class Trainer:
         cfg, world = self.config, self.world
         if not world.distributed:
             return evaluate(self.model, self.x_test, self.y_test,
-                            cfg.eval_batch_size, cfg.label_smoothing)
+                            cfg.eval_batch_size, cfg.label_smoothing, self.replicas.forward)
         n = len(self.x_test)
         lo, hi = distributed.shard_bounds(n, world.rank, world.size)
         mine = (evaluate(self.model, self.x_test[lo:hi], self.y_test[lo:hi],
-                         cfg.eval_batch_size, cfg.label_smoothing) if hi > lo else None)
+                         cfg.eval_batch_size, cfg.label_smoothing, self.replicas.forward)
+                if hi > lo else None)
         loss_sum, hits = world.sum([mine.loss * (hi - lo) if mine else 0.0,
                                     int((mine.predictions == self.y_test[lo:hi]).sum())
                                     if mine else 0])
