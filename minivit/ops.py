@@ -136,7 +136,7 @@ def num_threads() -> int:
         return os.cpu_count() or 1
 
 
-def parallel_rows(kernel, *arrays):
+def parallel_rows(kernel, *arrays, cache_blocks: bool = True):
     """Run ``kernel(*arrays)`` as independent blocks of the first axis, in threads.
 
     Equals ``kernel(*arrays)`` provided the kernel treats rows (first-axis
@@ -144,7 +144,9 @@ def parallel_rows(kernel, *arrays):
     Each thread takes one contiguous share of the rows and runs the kernel on
     it block by block, each block ~``BLOCK_BYTES`` of ``arrays[0]``, so that
     the kernel's successive in-place steps and temporaries stay in cache
-    (on a whole large array each step is a trip through memory). NumPy
+    (on a whole large array each step is a trip through memory);
+    ``cache_blocks=False`` gives each thread its share in one call (a matmul,
+    which blocks for the cache itself and would re-pack its weights). NumPy
     releases the GIL inside ufuncs and matmul, so the shares truly run in
     parallel; BLAS runs single-threaded meanwhile (``blas_threads``). In
     ``serial()`` mode the blocks run one after the other on this thread.
@@ -156,7 +158,8 @@ def parallel_rows(kernel, *arrays):
     if backend.name != "numpy" or rows < 2 or arrays[0].size < PARALLEL_MIN_ELEMENTS:
         kernel(*arrays)
         return
-    step = max(1, BLOCK_BYTES * rows // max(1, arrays[0].nbytes))   # rows per block
+    step = (max(1, BLOCK_BYTES * rows // max(1, arrays[0].nbytes))   # rows per block
+            if cache_blocks else rows)
 
     def run_share(lo, hi):
         for start in range(lo, hi, step):

@@ -43,6 +43,34 @@ def test_parallel_rows_splits_and_matches(monkeypatch):
     assert len(seen) > 1 and sum(seen) == 7
 
 
+def test_parallel_rows_cache_blocks_and_shares(monkeypatch):
+    monkeypatch.setattr(ops, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(ops, "BLOCK_BYTES", 8 * 10 * 2)         # two float64 rows
+    monkeypatch.setenv("MINIVIT_NUM_THREADS", "2")
+    x = np.arange(120.0).reshape(12, 10)
+    for cache_blocks, expected in ((True, [2] * 6), (False, [6, 6])):
+        seen, out = [], np.zeros_like(x)
+
+        def kernel(a, b):
+            seen.append(a.shape[0])
+            np.multiply(a, 2.0, out=b)
+
+        ops.parallel_rows(kernel, x, out, cache_blocks=cache_blocks)
+        np.testing.assert_array_equal(out, 2 * x)
+        assert sorted(seen) == expected
+
+
+def test_linear_in_threads_equals_one_matmul(monkeypatch):
+    from minivit.layers import Linear
+    monkeypatch.setattr(ops, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setenv("MINIVIT_NUM_THREADS", "3")
+    layer = Linear(6, 5)
+    layer.bias.data[...] = np.arange(5, dtype=np.float32)
+    x = randn(2, 7, 6)
+    np.testing.assert_allclose(layer.forward(x), x @ layer.weight.data.T + layer.bias.data,
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_parallel_rows_reraises_kernel_errors(monkeypatch):
     monkeypatch.setattr(ops, "PARALLEL_MIN_ELEMENTS", 0)
     monkeypatch.setenv("MINIVIT_NUM_THREADS", "2")

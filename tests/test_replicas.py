@@ -106,12 +106,13 @@ def test_blas_threads_are_restored_and_parallel_rows_is_serial_inside():
         seen.append(len(a))
         out[...] = a * 2
 
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pytest.importorskip("threadpoolctl")
 
-    def blas():
-        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
-                if i["user_api"] == "blas"]
+    def blas():                       # NumPy's BLAS, as ops found it
+        return [c.get_num_threads() for c in ops._blas_controllers]
 
+    with ops.blas_threads(1):
+        assert blas() and all(n == 1 for n in blas())
     before = blas()
     with ops.blas_threads(1):
         assert all(n == 1 for n in blas())

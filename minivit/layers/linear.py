@@ -8,9 +8,18 @@ Forward                               Backward (given dy = dL/dy)
 
 from __future__ import annotations
 
-from minivit import init
+from functools import partial
+
+from minivit import backend, init
 from minivit.module import Module, Parameter
-from minivit.ops import sum_rows
+from minivit.ops import parallel_rows, sum_rows
+
+
+def linear_forward_kernel(x_rows, y_rows, weight, bias):
+    """Rows (R, in) -> (R, out): y = x W^T + b."""
+    backend.xp.matmul(x_rows, weight.T, out=y_rows)
+    if bias is not None:
+        y_rows += bias
 
 
 class Linear(Module):
@@ -35,12 +44,17 @@ class Linear(Module):
                 f"got shape {tuple(x.shape)}"
             )
         self._keep(x)
-        # One 2-D matmul over all rows: NumPy's stacked matmul would loop over
-        # the leading dims instead of making one BLAS call.
+        # 2-D matmuls over all rows: NumPy's stacked matmul would loop over the
+        # leading dims. One share of the rows per core, in our threads (BLAS's
+        # own would keep spinning after the call, taking cores from the next
+        # layer's).
+        weight = self.weight.data
+        bias = self.bias.data if self.bias is not None else None
         x_rows = x.reshape(-1, self.in_features)               # (R, in)
-        y = x_rows @ self.weight.data.T                        # (R, out)
-        if self.bias is not None:
-            y += self.bias.data
+        y = backend.xp.empty((x_rows.shape[0], self.out_features),
+                             dtype=backend.xp.result_type(x_rows, weight))
+        parallel_rows(partial(linear_forward_kernel, weight=weight, bias=bias),
+                      x_rows, y, cache_blocks=False)
         return y.reshape(*x.shape[:-1], self.out_features)     # (..., out)
 
     def backward(self, dout):
