@@ -66,9 +66,9 @@ def test_linear_in_threads_equals_one_matmul(monkeypatch):
     monkeypatch.setenv("MINIVIT_NUM_THREADS", "3")
     layer = Linear(6, 5)
     layer.bias.data[...] = np.arange(5, dtype=np.float32)
-    x = randn(2, 7, 6)
-    np.testing.assert_allclose(layer.forward(x), x @ layer.weight.data.T + layer.bias.data,
-                               rtol=1e-6, atol=1e-6)
+    for x in (randn(2, 7, 6), randn(1, 3, 6)):        # many rows: threads; few: one call
+        np.testing.assert_allclose(layer.forward(x), x @ layer.weight.data.T + layer.bias.data,
+                                   rtol=1e-6, atol=1e-6)
 
 
 def test_parallel_rows_reraises_kernel_errors(monkeypatch):
