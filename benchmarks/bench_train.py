@@ -189,7 +189,7 @@ def main(argv=None):
 
         def infer():
             with minivit.no_grad():               # keeps nothing for backward
-                replicas.forward(x)
+                replicas.logits(x)
 
         flops = matmul_flops(mcfg, batch)
         steps = {"minivit": (train_step, infer, backend.synchronize, model.train, model.eval)}

@@ -38,7 +38,7 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500,
         x: host float images (N, C, H, W), already normalised.
         y: host integer labels (N,).
         forward: what computes a batch's logits, ``model.forward`` unless
-            given (the trainer passes its ``Replicas.forward``).
+            given (the trainer passes its ``Replicas.logits``).
     """
     n = len(x)
     if n == 0:

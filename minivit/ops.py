@@ -184,9 +184,9 @@ _thread_state = threading.local()
 
 @contextlib.contextmanager
 def serial():
-    """Within this block, in this thread, ``parallel_rows`` runs kernels
-    directly: for a thread that is already one of several working at once
-    (``minivit.replicas``)."""
+    """Within this block, in this thread, ``parallel_rows`` runs its blocks
+    one after another on this thread: for a thread that is already one of
+    several working at once (``minivit.replicas``)."""
     previous = getattr(_thread_state, "serial", False)
     _thread_state.serial = True
     try:

@@ -45,7 +45,9 @@ class Replicas:
     ``threads`` defaults to ``minivit.ops.num_threads()``
     (``MINIVIT_NUM_THREADS``, else the cores this process may use). With one
     thread, on the GPU backend, or for a batch too small to cut, the model
-    runs alone, exactly as ``model.forward`` / ``model.backward``.
+    runs alone, exactly as ``model.forward`` / ``model.backward``. Not a
+    layer: it has no forward/backward pair of its own, only ``logits`` (an
+    evaluation) and ``forward_backward`` (a training step's two passes).
     """
 
     def __init__(self, model, threads: int | None = None):
@@ -63,9 +65,10 @@ class Replicas:
             return [(0, batch)]
         return [(batch * r // k, batch * (r + 1) // k) for r in range(k)]
 
-    def forward(self, x):
-        """Logits of ``x`` (B, C, H, W) -> (B, classes), as ``model.forward``.
-        Under ``no_grad`` the replicas keep nothing for backward either."""
+    def logits(self, x):
+        """Logits of ``x`` (B, C, H, W) -> (B, classes), as ``model.forward``
+        (forward only: a backward goes through ``forward_backward``). Under
+        ``no_grad`` the replicas keep nothing for backward either."""
         xp = backend.xp
         parts = self.slices(len(x))
         if len(parts) == 1:

@@ -487,11 +487,11 @@ class Trainer:
         cfg, world = self.config, self.world
         if not world.distributed:
             return evaluate(self.model, self.x_test, self.y_test,
-                            cfg.eval_batch_size, cfg.label_smoothing, self.replicas.forward)
+                            cfg.eval_batch_size, cfg.label_smoothing, self.replicas.logits)
         n = len(self.x_test)
         lo, hi = distributed.shard_bounds(n, world.rank, world.size)
         mine = (evaluate(self.model, self.x_test[lo:hi], self.y_test[lo:hi],
-                         cfg.eval_batch_size, cfg.label_smoothing, self.replicas.forward)
+                         cfg.eval_batch_size, cfg.label_smoothing, self.replicas.logits)
                 if hi > lo else None)
         loss_sum, hits = world.sum([mine.loss * (hi - lo) if mine else 0.0,
                                     int((mine.predictions == self.y_test[lo:hi]).sum())

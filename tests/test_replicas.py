@@ -54,7 +54,7 @@ def test_replicas_share_the_weights_and_see_updates():
         # a new array put into the model (as load_state_dict may) reaches the replica
         model.head.weight.data = model.head.weight.data * 2.0
         with minivit.no_grad():
-            np.testing.assert_allclose(replicas.forward(x), model.forward(x), rtol=1e-12)
+            np.testing.assert_allclose(replicas.logits(x), model.forward(x), rtol=1e-12)
 
 
 def test_no_grad_and_eval_mode_reach_every_replica():
@@ -64,7 +64,7 @@ def test_no_grad_and_eval_mode_reach_every_replica():
         x, _ = _batch(8)
         model.eval()
         with minivit.no_grad():
-            out = replicas.forward(x)
+            out = replicas.logits(x)
         assert all(m.cache is None for r in replicas._replicas for _, m in r.named_modules())
         np.testing.assert_allclose(out, model.forward(x), rtol=1e-12)   # no dropout in eval
 
@@ -84,7 +84,7 @@ def test_dropout_masks_are_reproducible_and_differ_between_replicas():
         model = ViT(**CONFIG, seed=1, dropout=0.5)
         same = np.concatenate([x[:4], x[:4]])
         with minivit.no_grad():
-            logits = Replicas(model, threads=2).forward(same)
+            logits = Replicas(model, threads=2).logits(same)
         assert not np.allclose(logits[:4], logits[4:])
 
 
@@ -94,7 +94,7 @@ def test_a_replica_error_reaches_the_caller_and_small_batches_run_alone():
         replicas = Replicas(model, threads=2)
         assert replicas.slices(7) == [(0, 7)]                 # too small to cut
         with pytest.raises(ValueError, match="image"):
-            replicas.forward(np.zeros((8, 1, 9, 9)))
+            replicas.logits(np.zeros((8, 1, 9, 9)))
         with pytest.raises(ValueError, match="threads"):
             Replicas(model, threads=0)
 
