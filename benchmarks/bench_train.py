@@ -76,17 +76,24 @@ def parse_args(argv=None):
 
 
 def matmul_flops(cfg, batch_size):
-    """Multiply-add FLOPs (2 per MAC) of one forward pass: patch projection,
-    qkv, scores, attention-weighted values, proj, fc1, fc2 and the head."""
+    """Multiply-add FLOPs (2 per MAC) of one forward pass as minivit runs it:
+    patch projection, qkv, scores, attention-weighted values, proj, fc1, fc2
+    and the head. With pool "cls" (the default) the last block computes one
+    query token's scores, values, proj and MLP, not t (see ``minivit.vit``)."""
     m = cfg
     grid = m["image_size"] // m["patch_size"]
     n = grid * grid
     t = n + 1
     d, hidden = m["dim"], m["mlp_dim"]
     patch = 2 * n * (m["in_channels"] * m["patch_size"] ** 2) * d
-    per_block = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d + 2 * 2 * t * d * hidden
+
+    def block(queries):
+        return (2 * t * d * 3 * d + 2 * 2 * queries * t * d + 2 * queries * d * d
+                + 2 * 2 * queries * d * hidden)
+
+    last = block(1 if m.get("pool", "cls") == "cls" else t)
     head = 2 * d * m["num_classes"]
-    return batch_size * (patch + m["depth"] * per_block + head)
+    return batch_size * (patch + (m["depth"] - 1) * block(t) + last + head)
 
 
 def time_it(fn, reps, warmup, sync=lambda: None):

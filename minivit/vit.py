@@ -6,6 +6,8 @@ Forward                                           Backward (given dlogits)
   z = z + pos_embed                                 dpos += sum_B dz   (if learned)
   z = pos_drop(z)                                   dz -> pos_drop.backward
   z = blocks(z)                                     dz -> blocks in reverse order
+      (pool "cls": the last block computes the
+       class token only, z (B, 1, D))
   z = norm(z)          (not for pool "avg")         dz = norm.backward(dzn)
   f = z[:, 0]  or  mean(z[:, 1:])  (B, D)           dzn[:, 0] = df  or  dzn[:, 1:] = df / N
   f = fc_norm(f)       (pool "avg" only)            df = fc_norm.backward(df)
@@ -16,6 +18,13 @@ Pooling, with timm's names: "cls" is timm's global_pool="token"; "mean" the
 mean of the normed patch tokens (global_pool="avg", fc_norm=False); "avg"
 timm's default for global_pool="avg": the mean of the patch tokens, then a
 LayerNorm ``fc_norm`` (and no ``norm`` on the tokens).
+
+With pool "cls" nothing reads the last block's patch-token outputs, so that
+block computes its class token's output alone (``Block(num_queries=1)``: its
+attention's query, projection, MLP and norms on one row per image instead of
+N+1; keys and values still come from every token). Logits and gradients are
+those of the full computation; about 1/depth of the work is saved, and that
+block's ``attn_probs`` has the class token's row only (B, heads, 1, N+1).
 """
 
 from __future__ import annotations
@@ -129,8 +138,10 @@ class ViT(Module):
         z = xp.concatenate((cls, tokens), axis=1)                      # (B, N+1, D)
         z += self.pos_embed.data
         z = self.pos_drop.forward(z)
-        for block in self.blocks:
-            z = block.forward(z)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            # pool "cls" reads one token of the last block: compute only that one
+            z = block.forward(z, num_queries=1 if i == last and self.pool == "cls" else None)
         if self.pool != "avg":
             z = self.norm.forward(z)
         pooled = z[:, 0] if self.pool == "cls" else z[:, 1:].mean(axis=1)  # (B, D)
@@ -149,7 +160,7 @@ class ViT(Module):
             dpooled = self.pre_logits.backward(dpooled)                # (B, D)
         if self.pool == "avg":
             dpooled = self.fc_norm.backward(dpooled)
-        dz = xp.zeros(z_shape, dtype=dpooled.dtype)                    # (B, N+1, D)
+        dz = xp.zeros(z_shape, dtype=dpooled.dtype)      # (B, N+1, D); pool "cls": (B, 1, D)
         if self.pool == "cls":
             dz[:, 0] = dpooled                   # only the CLS token was read
         else:

@@ -108,7 +108,8 @@ def predict_probs(model, x, batch_size: int = 256) -> np.ndarray:
 # Attention maps
 # --------------------------------------------------------------------------
 def _attn_probs(model) -> list[np.ndarray]:
-    """Every block's stored attention, host-side: list of (B, H, T, T)."""
+    """Every block's stored attention, host-side: list of (B, H, Q, T), Q = T
+    except in the last block of a ``pool="cls"`` model (Q = 1)."""
     probs = [block.attn.attn_probs for block in model.blocks]
     if any(p is None for p in probs):
         raise RuntimeError(
@@ -137,14 +138,16 @@ def cls_attention(model) -> np.ndarray:
     for the final decision - but only one hop back: earlier layers have
     already mixed the patch tokens. :func:`attention_rollout` follows all hops.
     """
-    last = _attn_probs(model)[-1]                    # (B, H, T, T)
+    last = _attn_probs(model)[-1]                    # (B, H, Q, T), CLS first
     return _to_grid(last[:, :, 0, 1:], model)        # CLS row, patch columns
 
 
 def attention_rollout(model) -> np.ndarray:
     """Attention rollout (Abnar & Zuidema, 2020): how much each patch flows into CLS.
 
-    For each layer l, with A_l (B, H, T, T) its attention probabilities::
+    For each layer l, with A_l (B, H, T, T) its attention probabilities (the
+    last layer of a ``pool="cls"`` model keeps only its CLS row, (B, H, 1, T),
+    which is all that row 0 of R needs)::
 
         M_l = mean_heads(A_l) + I          # residual connection: a token keeps itself
         M_l = M_l / M_l.sum(-1)            # rows are again distributions
@@ -163,8 +166,8 @@ def attention_rollout(model) -> np.ndarray:
     """
     rollout = None
     for attn in _attn_probs(model):                  # first to last layer
-        m = attn.mean(axis=1)                        # (B, T, T), heads averaged
-        m = m + np.eye(m.shape[-1])                  # broadcast over the batch
+        m = attn.mean(axis=1)                        # (B, Q, T), heads averaged
+        m = m + np.eye(*m.shape[-2:])                # broadcast over the batch
         m /= m.sum(axis=-1, keepdims=True)
         # later layers act on the result of earlier ones: multiply on the left
         rollout = m if rollout is None else m @ rollout   # batched matmul (B, T, T)

@@ -18,7 +18,13 @@ def test_matmul_flops_by_hand():
     patch = 2 * n * (2 * 16) * d
     block = 2 * t * d * 3 * d + 2 * (2 * t * t * d) + 2 * t * d * d + 2 * (2 * t * d * m)
     head = 2 * d * 3
-    assert bench_train.matmul_flops(cfg, batch_size=7) == 7 * (patch + block + head)
+    assert bench_train.matmul_flops({**cfg, "pool": "mean"}, batch_size=7) == \
+        7 * (patch + block + head)
+    # pool "cls": the last block computes one query token after its qkv
+    cls_block = 2 * t * d * 3 * d + 2 * (2 * 1 * t * d) + 2 * 1 * d * d + 2 * (2 * 1 * d * m)
+    assert bench_train.matmul_flops(cfg, batch_size=7) == 7 * (patch + cls_block + head)
+    assert bench_train.matmul_flops({**cfg, "depth": 3}, batch_size=1) == \
+        patch + 2 * block + cls_block + head
 
 
 @pytest.mark.parametrize("use_torch", [False, True], ids=["numpy-only", "with-torch"])

@@ -14,6 +14,7 @@ from minivit import backend
 from minivit.gradcheck import assert_gradients_ok, check_module
 from minivit.layers import (GELU, MLP, Block, Dropout, LayerNorm, Linear,
                             MultiHeadSelfAttention, PatchEmbed, Tanh)
+from minivit.module import Module
 from minivit.vit import ViT
 
 TOL = 1e-6
@@ -104,6 +105,90 @@ def test_attention(f64, heads):
     layer = MultiHeadSelfAttention(dim=12, heads=heads)
     randomize_parameters(layer, scale=0.4)
     _check_both_modes(layer, randn(2, 5, 12, seed=9))
+
+
+class FirstTokens(Module):
+    """A layer run with ``num_queries``: y (B, Q, D) from x (B, T, D)."""
+
+    def __init__(self, layer, num_queries):
+        super().__init__()
+        self.layer, self.num_queries = layer, num_queries
+
+    def forward(self, x):
+        return self.layer.forward(x, num_queries=self.num_queries)
+
+    def backward(self, dout):
+        return self.layer.backward(dout)
+
+
+@pytest.mark.parametrize("num_queries", [1, 3])
+def test_attention_for_the_first_tokens_only(f64, num_queries):
+    layer = MultiHeadSelfAttention(dim=12, heads=3)
+    randomize_parameters(layer, scale=0.4)
+    _check_both_modes(FirstTokens(layer, num_queries), randn(2, 5, 12, seed=19))
+
+
+@pytest.mark.parametrize("num_queries", [1, 2])
+def test_block_for_the_first_tokens_only(f64, num_queries):
+    layer = Block(dim=8, heads=2, mlp_dim=16, dropout=0.1, attn_dropout=0.1)
+    randomize_parameters(layer, scale=0.4)
+    _check_both_modes(FirstTokens(layer, num_queries), randn(2, 5, 8, seed=20))
+
+
+def test_block_first_tokens_equal_the_full_block_rows(f64):
+    """Q tokens' outputs and all gradients equal the full block's with dy zero
+    on the other rows (no dropout: masks of other shapes draw other numbers)."""
+    block = Block(dim=8, heads=2, mlp_dim=16)
+    randomize_parameters(block, scale=0.4)
+    x, dy = randn(3, 6, 8, seed=21), randn(3, 2, 8, seed=22)
+    y_full = block.forward(x)
+    dy_full = backend.xp.zeros_like(y_full)
+    dy_full[:, :2] = dy
+    block.zero_grad()
+    dx_full = block.backward(dy_full)
+    grads_full = {n: p.grad.copy() for n, p in block.named_parameters()}
+    y = block.forward(x, num_queries=2)
+    block.zero_grad()
+    dx = block.backward(dy)
+    np.testing.assert_allclose(backend.to_numpy(y), backend.to_numpy(y_full[:, :2]),
+                               rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(backend.to_numpy(dx), backend.to_numpy(dx_full),
+                               rtol=1e-12, atol=1e-14)
+    for name, p in block.named_parameters():
+        np.testing.assert_allclose(backend.to_numpy(p.grad), backend.to_numpy(grads_full[name]),
+                                   rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_class_token_vit_computes_one_token_in_its_last_block_with_full_results(f64):
+    model = ViT(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2,
+                heads=2, mlp_dim=12, pool="cls")
+    randomize_parameters(model, scale=0.4)
+    x, dlogits = randn(3, 2, 8, 8, seed=23), randn(3, 3, seed=24)
+
+    def run():
+        logits = model.forward(x)
+        model.zero_grad()
+        model.backward(dlogits)
+        return logits, {n: p.grad.copy() for n, p in model.named_parameters()}
+
+    logits, grads = run()
+    assert model.blocks[-1].attn.attn_probs.shape == (3, 2, 1, 5)   # the shortcut ran
+    last = model.blocks[-1]
+    last.forward = lambda z, num_queries=None: Block.forward(last, z)   # every token
+    logits_full, grads_full = run()
+    assert last.attn.attn_probs.shape == (3, 2, 5, 5)
+    np.testing.assert_allclose(backend.to_numpy(logits), backend.to_numpy(logits_full),
+                               rtol=1e-12, atol=1e-14)
+    for name in grads:
+        np.testing.assert_allclose(backend.to_numpy(grads[name]),
+                                   backend.to_numpy(grads_full[name]),
+                                   rtol=1e-11, atol=1e-14, err_msg=name)
+
+
+def test_attention_num_queries_out_of_range_is_refused(f64):
+    layer = MultiHeadSelfAttention(dim=8, heads=2)
+    with pytest.raises(ValueError, match="num_queries must be between 1 and the 4 tokens"):
+        layer.forward(randn(1, 4, 8), num_queries=5)
 
 
 def test_attention_with_dropout(f64):

@@ -376,3 +376,23 @@ def test_predict_without_pillow_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)        # makes `import PIL` fail
     with pytest.raises(SystemExit, match="pip install pillow"):
         _example("predict").main(["--checkpoint", str(path), "x.png"])
+
+
+def _full_last_block(model):
+    """Make the last block compute every token (as before the class-token-only
+    shortcut): its attn_probs then hold all T rows."""
+    last = model.blocks[-1]
+    last.forward = lambda z, num_queries=None: type(last).forward(last, z)
+
+
+def test_maps_from_the_class_token_row_equal_those_from_full_attention():
+    x = randn(3, 1, 8, 8, seed=4)
+    model = _tiny_model(depth=3)
+    model.forward(x)
+    assert model.blocks[-1].attn.attn_probs.shape == (3, 2, 1, 5)   # CLS row only
+    heads, rollout = viz.cls_attention(model), viz.attention_rollout(model)
+    _full_last_block(model)
+    model.forward(x)
+    assert model.blocks[-1].attn.attn_probs.shape == (3, 2, 5, 5)
+    np.testing.assert_allclose(heads, viz.cls_attention(model), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(rollout, viz.attention_rollout(model), rtol=1e-5, atol=1e-7)

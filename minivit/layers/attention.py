@@ -13,6 +13,11 @@ Forward                                         Backward (given dy)
 
 The softmax line is the Jacobian-vector product of softmax: for each row,
 ds_i = a_i * (da_i - sum_j a_j da_j).
+
+``num_queries=Q`` computes the outputs of the first Q tokens only (queries
+q[:, :, :Q], so s, a and o have Q rows), still attending to all T keys and
+values: a class-token ViT's last block needs only its class token's output.
+Then dq is zero for the other T - Q tokens, and dk, dv are as before.
 """
 
 from __future__ import annotations
@@ -103,8 +108,9 @@ class MultiHeadSelfAttention(Module):
 
     Sub-modules (timm names): ``qkv`` Linear(D, 3D) whose output rows are
     ordered [q; k; v], each split into heads contiguously; ``proj``
-    Linear(D, D). After every forward, ``attn_probs`` (B, heads, T, T) holds
-    the attention probabilities (before dropout) for visualisation.
+    Linear(D, D). After every forward, ``attn_probs`` (B, heads, Q, T) holds
+    the attention probabilities (before dropout) for visualisation: Q = T,
+    or ``num_queries``.
     """
 
     def __init__(self, dim: int, heads: int, attn_dropout: float = 0.0,
@@ -124,38 +130,48 @@ class MultiHeadSelfAttention(Module):
         self.proj_drop = Dropout(proj_dropout)
         self.attn_probs = None
 
-    def forward(self, x):
+    def forward(self, x, num_queries=None):
+        """x (B, T, D) -> y (B, Q, D): the outputs of the first Q tokens (all
+        T unless ``num_queries`` is given), each attending to all T tokens."""
         xp = backend.xp
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(
                 f"attention expects (B, T, {self.dim}), got shape {tuple(x.shape)}"
             )
         B, T, D = x.shape
+        Q = T if num_queries is None else num_queries
+        if not 1 <= Q <= T:
+            raise ValueError(f"num_queries must be between 1 and the {T} tokens, got {Q}")
         H, hd = self.heads, self.head_dim
         qkv = self.qkv.forward(x)                                    # (B, T, 3D)
         # (B, T, 3, H, hd) -> (3, B, H, T, hd): q, k, v are views, each (B, H, T, hd)
         q, k, v = qkv.reshape(B, T, 3, H, hd).transpose(2, 0, 3, 1, 4)
-        attn = xp.empty((B, H, T, T), dtype=x.dtype)
+        q = q[:, :, :Q]                                              # (B, H, Q, hd)
+        attn = xp.empty((B, H, Q, T), dtype=x.dtype)
         parallel_rows(partial(scores_softmax_kernel, scale=self.scale), q, k, attn)
         self.attn_probs = attn                                       # a = softmax(q k^T * scale)
         attn_dropped = self.attn_drop.forward(attn)                  # a' = dropout(a)
         # out = a' @ v, written straight into (B, T, H, hd) order so that merging
         # the heads back into (B, T, D) is a free reshape, not a copy.
-        merged = xp.empty((B, T, H, hd), dtype=x.dtype)
+        merged = xp.empty((B, Q, H, hd), dtype=x.dtype)
         parallel_rows(weighted_values_kernel, attn_dropped, v, merged.transpose(0, 2, 1, 3))
         self._keep(q, k, v, attn, attn_dropped)
-        return self.proj_drop.forward(self.proj.forward(merged.reshape(B, T, D)))
+        return self.proj_drop.forward(self.proj.forward(merged.reshape(B, Q, D)))
 
     def backward(self, dout):
         xp = backend.xp
         q, k, v, attn, attn_dropped = self._saved()
-        B, H, T, hd = q.shape
-        dmerged = self.proj.backward(self.proj_drop.backward(dout))  # (B, T, D)
-        dout_heads = dmerged.reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, H, T, hd) view
+        B, H, T, hd = k.shape
+        Q = q.shape[2]
+        dmerged = self.proj.backward(self.proj_drop.backward(dout))  # (B, Q, D)
+        dout_heads = dmerged.reshape(B, Q, H, hd).transpose(0, 2, 1, 3)  # (B, H, Q, hd) view
         # The gradient of qkv is assembled in place: dq, dk, dv are written into
         # the (B, T, 3, H, hd) layout that the forward split.
         dqkv = xp.empty((B, T, 3, H, hd), dtype=q.dtype)
         dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                   # views, (B, H, T, hd)
+        if Q < T:
+            dq[:, :, Q:] = 0                                         # tokens that asked nothing
+            dq = dq[:, :, :Q]
         dattn_dropped = xp.empty_like(attn)
         parallel_rows(values_backward_kernel, dout_heads, v, attn_dropped, dattn_dropped, dv)
         dattn = self.attn_drop.backward(dattn_dropped)               # da
