@@ -39,6 +39,7 @@ way and its counts summed. Rank 0 alone writes files and prints.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -181,8 +182,9 @@ class Trainer:
         self.last_eval: Evaluation | None = None
         self._elapsed_before = 0.0   # seconds spent in earlier (resumed) sessions
         self.buckets = self._setup_ranks(bucket_bytes) if self.world.distributed else None
-        # one replica of the model per core, each on a slice of every batch
-        self.replicas = Replicas(model)
+        # one replica of the model per core, each on a slice of every batch; as
+        # threads under MPI (forking an MPI process is not safe)
+        self.replicas = Replicas(model, processes=False if self.world.distributed else None)
 
     # -- setup ----------------------------------------------------------------
     @staticmethod
@@ -478,8 +480,8 @@ class Trainer:
             return 0.0, 0
         xb, yb = backend.to_device(xb_host), backend.to_device(yb_host)
         smoothing = self.config.label_smoothing
-        loss, logits = self.replicas.forward_backward(
-            xb, yb, lambda logits, y: cross_entropy(logits, y, smoothing))
+        loss, logits = self.replicas.forward_backward(     # a partial: it pickles
+            xb, yb, functools.partial(cross_entropy, label_smoothing=smoothing))
         return loss, int((logits.argmax(axis=1) == yb).sum())    # one scalar to host
 
     def evaluate(self) -> Evaluation:

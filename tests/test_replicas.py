@@ -1,13 +1,23 @@
-"""Replicas (data parallelism over threads) compute what the model alone does."""
+"""Replicas (data parallelism over threads or worker processes) compute what
+the model alone does."""
+
+import functools
+import os
+import signal
 
 import numpy as np
 import pytest
 
 import minivit
 from minivit import backend, ops
+from minivit.layers import Linear
 from minivit.loss import cross_entropy
-from minivit.replicas import Replicas
+from minivit.replicas import Replicas, _fork_available
 from minivit.vit import ViT
+
+KINDS = [pytest.param(False, id="threads"),
+         pytest.param(True, id="processes", marks=pytest.mark.skipif(
+             not _fork_available(), reason="worker processes need fork (Linux)"))]
 
 CONFIG = dict(image_size=8, patch_size=4, in_channels=1, num_classes=5, dim=16, depth=2,
               heads=2, mlp_dim=32)
@@ -18,8 +28,9 @@ def _batch(n, seed=0):
     return rng.standard_normal((n, 1, 8, 8)), rng.integers(0, 5, n)
 
 
+@pytest.mark.parametrize("processes", KINDS)
 @pytest.mark.parametrize("threads,batch", [(2, 16), (3, 23), (4, 13)])
-def test_gradient_loss_and_logits_equal_the_model_alone(threads, batch):
+def test_gradient_loss_and_logits_equal_the_model_alone(threads, batch, processes):
     with backend.using("numpy", "float64"):
         alone, split = ViT(**CONFIG, seed=1), ViT(**CONFIG, seed=1)
         x, y = _batch(batch)
@@ -27,9 +38,10 @@ def test_gradient_loss_and_logits_equal_the_model_alone(threads, batch):
         loss_alone, dlogits = cross_entropy(logits_alone, y)
         alone.backward(dlogits)
 
-        replicas = Replicas(split, threads=threads)
+        replicas = Replicas(split, threads=threads, processes=processes)
         assert len(replicas.slices(batch)) == min(threads, batch // 4) > 1
         loss, logits = replicas.forward_backward(x, y, cross_entropy)
+        assert (replicas._workers is not None) == processes
         assert loss == pytest.approx(loss_alone, rel=1e-13)
         np.testing.assert_allclose(logits, logits_alone, rtol=1e-12, atol=1e-14)
         for (name, a), b in zip(alone.named_parameters(), split.parameters()):
@@ -40,10 +52,10 @@ def test_gradient_loss_and_logits_equal_the_model_alone(threads, batch):
             np.testing.assert_allclose(b.grad, 2 * a.grad, rtol=1e-10, atol=1e-14)
 
 
-def test_replicas_share_the_weights_and_see_updates():
+def test_thread_replicas_share_the_weights_and_see_updates():
     with backend.using("numpy", "float64"):
         model = ViT(**CONFIG, seed=1)
-        replicas = Replicas(model, threads=2)
+        replicas = Replicas(model, threads=2, processes=False)
         x, y = _batch(8)
         replicas.forward_backward(x, y, cross_entropy)
         other = replicas._replicas[1]
@@ -57,26 +69,34 @@ def test_replicas_share_the_weights_and_see_updates():
             np.testing.assert_allclose(replicas.logits(x), model.forward(x), rtol=1e-12)
 
 
-def test_no_grad_and_eval_mode_reach_every_replica():
+@pytest.mark.parametrize("processes", KINDS)
+def test_no_grad_and_eval_mode_reach_every_replica(processes):
     with backend.using("numpy", "float64"):
         model = ViT(**CONFIG, seed=1, dropout=0.5)
-        replicas = Replicas(model, threads=2)
-        x, _ = _batch(8)
+        replicas = Replicas(model, threads=2, processes=processes)
+        x, y = _batch(8)
+        replicas.forward_backward(x, y, cross_entropy)          # workers start in train mode
         model.eval()
         with minivit.no_grad():
             out = replicas.logits(x)
         assert all(m.cache is None for r in replicas._replicas for _, m in r.named_modules())
         np.testing.assert_allclose(out, model.forward(x), rtol=1e-12)   # no dropout in eval
+        model.train()
+        with minivit.no_grad():
+            assert not np.allclose(replicas.logits(x), out)     # dropout again, both halves
+            assert not np.allclose(replicas.logits(x)[4:], out[4:])
 
 
-def test_dropout_masks_are_reproducible_and_differ_between_replicas():
+@pytest.mark.parametrize("processes", KINDS)
+def test_dropout_masks_are_reproducible_and_differ_between_replicas(processes):
     with backend.using("numpy", "float64"):
         x, y = _batch(8)
         grads = []
         for _ in range(2):
             model = ViT(**CONFIG, seed=1, dropout=0.5)
             backend.seed(7)
-            Replicas(model, threads=2).forward_backward(x, y, cross_entropy)
+            Replicas(model, threads=2, processes=processes).forward_backward(
+                x, y, cross_entropy)
             grads.append([p.grad.copy() for p in model.parameters() if p.grad is not None])
         for a, b in zip(*grads):
             np.testing.assert_array_equal(a, b)
@@ -84,14 +104,88 @@ def test_dropout_masks_are_reproducible_and_differ_between_replicas():
         model = ViT(**CONFIG, seed=1, dropout=0.5)
         same = np.concatenate([x[:4], x[:4]])
         with minivit.no_grad():
-            logits = Replicas(model, threads=2).logits(same)
+            logits = Replicas(model, threads=2, processes=processes).logits(same)
         assert not np.allclose(logits[:4], logits[4:])
 
 
-def test_a_replica_error_reaches_the_caller_and_small_batches_run_alone():
+def test_worker_processes_share_the_weights_and_follow_the_model():
+    if not _fork_available():
+        pytest.skip("worker processes need fork (Linux)")
     with backend.using("numpy", "float64"):
         model = ViT(**CONFIG, seed=1)
-        replicas = Replicas(model, threads=2)
+        replicas = Replicas(model, threads=2, processes=True)
+        x, y = _batch(8)
+        replicas.forward_backward(x, y, cross_entropy)
+        workers = replicas._workers
+        assert all(p.data is shared for p, shared in zip(model.parameters(),
+                                                          workers.params.arrays))
+
+        def check():
+            with minivit.no_grad():
+                np.testing.assert_allclose(replicas.logits(x), model.forward(x), rtol=1e-12)
+
+        model.head.weight.data *= 3.0                     # in place, as an optimizer step
+        check()
+        model.head.weight.data = model.head.weight.data * 2.0   # a new array, same shape
+        check()
+        assert replicas._workers is workers and model.head.weight.data is \
+            workers.params.arrays[-2]                       # copied into shared memory
+        model.head = Linear(16, 5)                        # new parameters: forked anew
+        check()
+        assert replicas._workers is not workers
+        assert not any(p.is_alive() for p in workers.procs)   # the old ones ended
+        replicas.close()
+        assert not any(p.is_alive() for p in replicas._workers.procs) \
+            if replicas._workers else True
+
+
+def _loss_refusing_label_4(logits, y):
+    if (y == 4).any():
+        raise ValueError("label 4 refused")
+    return cross_entropy(logits, y)
+
+
+def test_a_worker_process_error_or_death_reaches_the_caller():
+    if not _fork_available():
+        pytest.skip("worker processes need fork (Linux)")
+    with backend.using("numpy", "float64"):
+        model = ViT(**CONFIG, seed=1)
+        replicas = Replicas(model, threads=2, processes=True)
+        x, y = _batch(8)
+        y = np.where(np.arange(8) < 4, 0, 4)               # only the worker's slice has 4
+        with pytest.raises(ValueError, match="label 4 refused"):
+            replicas.forward_backward(x, y, _loss_refusing_label_4)
+        y = np.zeros(8, dtype=np.int64)
+        replicas.forward_backward(x, y, _loss_refusing_label_4)   # it still serves
+        os.kill(replicas._workers.procs[0].pid, signal.SIGKILL)
+        replicas._workers.procs[0].join()
+        with pytest.raises(RuntimeError, match="worker process .* died"):
+            replicas.forward_backward(x, y, cross_entropy)
+        model.zero_grad()
+        loss, _ = replicas.forward_backward(x, y, cross_entropy)   # forked anew
+        assert np.isfinite(loss) and all(p.is_alive() for p in replicas._workers.procs)
+
+
+def test_a_loss_that_does_not_pickle_runs_the_replicas_as_threads():
+    if not _fork_available():
+        pytest.skip("worker processes need fork (Linux)")
+    with backend.using("numpy", "float64"):
+        alone, split = ViT(**CONFIG, seed=1), ViT(**CONFIG, seed=1)
+        x, y = _batch(8)
+        smoothing = functools.partial(cross_entropy, label_smoothing=0.1)
+        alone.backward(smoothing(alone.forward(x), y)[1])
+        replicas = Replicas(split, threads=2, processes=True)
+        replicas.forward_backward(x, y, lambda logits, y: smoothing(logits, y))
+        assert replicas._workers is None and len(replicas._replicas) == 2
+        for a, b in zip(alone.parameters(), split.parameters()):
+            np.testing.assert_allclose(b.grad, a.grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("processes", KINDS)
+def test_a_replica_error_reaches_the_caller_and_small_batches_run_alone(processes):
+    with backend.using("numpy", "float64"):
+        model = ViT(**CONFIG, seed=1)
+        replicas = Replicas(model, threads=2, processes=processes)
         assert replicas.slices(7) == [(0, 7)]                 # too small to cut
         with pytest.raises(ValueError, match="image"):
             replicas.logits(np.zeros((8, 1, 9, 9)))
@@ -131,7 +225,7 @@ def test_replicating_leaves_the_model_caches_and_copies_none():
         x, y = _batch(8)
         model.forward(x)                                       # caches present
         before = {name: m.cache for name, m in model.named_modules()}
-        replicas = Replicas(model, threads=2)
+        replicas = Replicas(model, threads=2, processes=False)
         replicas._replicas_for(2)
         copy = replicas._replicas[1]
         assert all(m.cache is None for _, m in copy.named_modules())
