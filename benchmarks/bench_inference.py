@@ -10,7 +10,10 @@ loaded with ``minivit.pretrained.load_pretrained``); the PyTorch twin
 batch, eval mode, without gradients (``minivit.no_grad()`` /
 ``torch.no_grad()``), taking turns so that a slow moment of the machine
 hurts both alike. Printed per batch size: images/s, the ratio, and the
-largest absolute difference of their logits.
+largest absolute difference of their logits. minivit runs twice: ``model.forward``
+(threads within each operation) and, for batches of 8 or more,
+``Replicas(model).logits`` (a model replica per core, each on a slice of the
+batch, as the Trainer evaluates; its logits are checked against the first).
 
 Peak memory (skip with ``--no-memory``) is measured as a person would see it:
 each contestant runs two forwards of the largest batch in a fresh process of
@@ -171,12 +174,14 @@ def main(argv=None):
     from bench_train import machine_info, print_machine, time_it, write_json  # noqa: PLC0415
 
     import minivit  # noqa: PLC0415
+    from minivit.replicas import Replicas  # noqa: PLC0415
     model, twin, torch = build(args)
     info = machine_info(torch, args.threads)
     results = dict(machine=info, model=args.model, weights=args.weights,
                    params=model.num_parameters(), batches={})
     size = model.config["image_size"]
     rng = np.random.default_rng(1)
+    replicas = Replicas(model, threads=args.threads)
     for batch in args.batch:
         x = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
 
@@ -185,6 +190,11 @@ def main(argv=None):
                 return model.forward(x)
 
         contestants = {"minivit": ours}
+        if len(replicas.slices(batch)) > 1:
+            def ours_replicas():                 # a replica per core, each on a slice
+                with minivit.no_grad():
+                    return replicas.logits(x)
+            contestants["replicas"] = ours_replicas
         if torch is not None:
             xt = torch.from_numpy(x)
 
@@ -198,8 +208,13 @@ def main(argv=None):
                 times[name] += time_it(fn, reps=max(1, args.reps // 2), warmup=args.warmup)
         entry = {name: dict(median_s=statistics.median(t), images_per_s=batch / statistics.median(t))
                  for name, t in times.items()}
+        if "replicas" in entry:
+            np.testing.assert_allclose(ours_replicas(), ours(), rtol=1e-4, atol=1e-5)
         if torch is not None:
             entry["ratio"] = entry["minivit"]["images_per_s"] / entry["torch"]["images_per_s"]
+            if "replicas" in entry:
+                entry["ratio_replicas"] = (entry["replicas"]["images_per_s"]
+                                           / entry["torch"]["images_per_s"])
             entry["max_abs_logit_diff"] = float(np.abs(ours() - theirs().numpy()).max())
         results["batches"][batch] = entry
     if args.memory:
@@ -210,14 +225,21 @@ def main(argv=None):
     print(f"model {args.model} ({results['params'] / 1e6:.1f} M parameters, "
           f"{'weights ' + args.weights if args.weights else 'random weights'}), "
           f"float32, eval mode, no grad\n")
-    header = f"{'batch':>6}{'minivit img/s':>15}{'torch img/s':>13}{'ratio':>7}{'max |dlogit|':>14}"
+    header = (f"{'batch':>6}{'minivit img/s':>15}{'replicas img/s':>16}{'torch img/s':>13}"
+              f"{'ratio':>7}{'ratio (replicas)':>18}{'max |dlogit|':>14}")
     print(header)
     print("-" * len(header))
+    nan = float("nan")
     for batch, e in results["batches"].items():
-        t = e.get("torch")
+        t, r = e.get("torch"), e.get("replicas")
         print(f"{batch:>6}{e['minivit']['images_per_s']:>15.2f}"
-              f"{(t['images_per_s'] if t else float('nan')):>13.2f}"
-              f"{e.get('ratio', float('nan')):>7.2f}{e.get('max_abs_logit_diff', float('nan')):>14.2e}")
+              f"{(r['images_per_s'] if r else nan):>16.2f}"
+              f"{(t['images_per_s'] if t else nan):>13.2f}"
+              f"{e.get('ratio', nan):>7.2f}{e.get('ratio_replicas', nan):>18.2f}"
+              f"{e.get('max_abs_logit_diff', nan):>14.2e}")
+    print("\nminivit: model.forward (threads within each operation); replicas: "
+          "Replicas(model).logits, a model replica per core on a slice of the batch "
+          "(as the Trainer evaluates); a batch under 8 images is not cut")
     if args.memory:
         print(f"\nresident memory, batch {max(args.batch)} (fresh process each):")
         for who, m in results["memory"].items():

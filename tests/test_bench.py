@@ -79,15 +79,17 @@ def test_inference_benchmark_smoke(tmp_path, capsys, monkeypatch, use_torch):
         pytest.importorskip("torch")
     else:
         monkeypatch.setitem(sys.modules, "torch", None)     # as if not installed
-    argv = ["--model", "vit_tiny_patch16_224", "--batch", "1", "2", "--reps", "1",
+    argv = ["--model", "vit_tiny_patch16_224", "--batch", "1", "8", "--reps", "1",
             "--warmup", "0", "--json", str(tmp_path / "inf.json")]
     if not use_torch:
         argv.append("--no-memory")
     results = bench_inference.main(argv)
-    for batch in (1, 2):
+    for batch in (1, 8):
         entry = results["batches"][batch]
         assert entry["minivit"]["images_per_s"] > 0
         assert ("ratio" in entry) == use_torch
+        assert ("replicas" in entry) == (batch == 8)         # 8 images: two slices of 4
+        assert ("ratio_replicas" in entry) == (batch == 8 and use_torch)
         if use_torch:
             assert entry["max_abs_logit_diff"] < 1e-4
     if use_torch:
