@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import mmap
 import multiprocessing
+import signal
 import sys
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -339,6 +340,7 @@ def _shutdown(conns, procs):
 
 def _worker_loop(model, conn, grads):
     """A worker process: replica steps on the slices it is sent, until None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's to handle
     for p, grad in zip(model.parameters(), grads.arrays):
         p.grad = grad if p.requires_grad else None
     modules = [m for _, m in model.named_modules()]
