@@ -520,3 +520,30 @@ def test_optimizer_on_the_active_backend():
             opt2.load_state_dict(sd)
     for a, b in zip(results["numpy"], results["cupy"]):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_adamw_in_blocks_on_threads_equals_one_pass(f64, monkeypatch, threads):
+    """Large parameters are updated as flat blocks on every core: element for
+    element the same arithmetic, so the same bits as one pass over each."""
+    from minivit import ops
+    monkeypatch.setenv("MINIVIT_NUM_THREADS", threads)
+    shapes = [(37, 11), (300,), (4, 5, 6)]
+    runs = []
+    for threshold in (10**9, 0):                      # one pass each / blocks on threads
+        monkeypatch.setattr(ops, "PARALLEL_MIN_ELEMENTS", threshold)
+        monkeypatch.setattr(ops, "BLOCK_BYTES", 256)  # many blocks of 32 values
+        params = [Parameter(backend.to_device(np.random.default_rng(1).standard_normal(s)))
+                  for s in shapes]
+        params.append(Parameter(backend.to_device(np.random.default_rng(2).standard_normal(
+            (8, 6)))[:, ::2]))                        # not contiguous: one pass anyway
+        opt = AdamW(params, lr=1e-2, weight_decay=0.1)
+        for step in range(3):
+            grads = np.random.default_rng(10 + step)
+            for p in params:
+                p.grad = backend.to_device(grads.standard_normal(p.shape))
+            opt.step()
+        runs.append([backend.to_numpy(p.data).copy() for p in params])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(runs[0][0], np.random.default_rng(1).standard_normal(shapes[0]))

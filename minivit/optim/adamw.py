@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from minivit import backend
+from minivit import ops
+from minivit.ops import parallel_rows
 from minivit.optim.base import Optimizer
 
 __all__ = ["AdamW"]
@@ -51,26 +55,37 @@ class AdamW(Optimizer):
             state["exp_avg_sq"] = xp.zeros_like(p)
         state["step"] += 1
         t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-        # p = p * (1 - lr * wd)   decoupled: decay does not pass through m, v
-        if wd != 0.0:
-            p *= 1.0 - lr * wd
-        tmp = xp.multiply(g, 1.0 - beta1)  # the one scratch array, reused below
-        # m = beta1 * m + (1 - beta1) * g
-        m *= beta1
-        m += tmp
-        # v = beta2 * v + (1 - beta2) * g * g
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1.0 - beta2
-        v *= beta2
-        v += tmp
         # bias corrections undo the zero start of m and v
-        bias_correction1 = 1.0 - beta1 ** t
-        bias_correction2 = 1.0 - beta2 ** t
-        # denom = sqrt(v) / sqrt(bc2) + eps
-        xp.sqrt(v, out=tmp)
-        tmp /= bias_correction2 ** 0.5
-        tmp += eps
-        # p = p - (lr / bc1) * m / denom
-        xp.divide(m, tmp, out=tmp)
-        tmp *= lr / bias_correction1
-        p -= tmp
+        hyper = dict(lr=lr, eps=eps, wd=wd, beta1=beta1, beta2=beta2,
+                     bias_correction1=1.0 - beta1 ** t, bias_correction2=1.0 - beta2 ** t)
+        arrays = (p, g, m, v)
+        if p.size >= ops.PARALLEL_MIN_ELEMENTS and all(a.flags.c_contiguous for a in arrays):
+            # elementwise: flat views, run in cache-sized blocks on every core
+            parallel_rows(partial(adamw_kernel, **hyper), *(a.reshape(-1) for a in arrays))
+        else:
+            adamw_kernel(*arrays, **hyper)
+
+
+def adamw_kernel(p, g, m, v, lr, eps, wd, beta1, beta2, bias_correction1, bias_correction2):
+    """One AdamW update of p, m, v in place, elementwise (any block of them)."""
+    xp = backend.xp
+    # p = p * (1 - lr * wd)   decoupled: decay does not pass through m, v
+    if wd != 0.0:
+        p *= 1.0 - lr * wd
+    tmp = xp.multiply(g, 1.0 - beta1)  # the one scratch array, reused below
+    # m = beta1 * m + (1 - beta1) * g
+    m *= beta1
+    m += tmp
+    # v = beta2 * v + (1 - beta2) * g * g
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1.0 - beta2
+    v *= beta2
+    v += tmp
+    # denom = sqrt(v) / sqrt(bc2) + eps
+    xp.sqrt(v, out=tmp)
+    tmp /= bias_correction2 ** 0.5
+    tmp += eps
+    # p = p - (lr / bc1) * m / denom
+    xp.divide(m, tmp, out=tmp)
+    tmp *= lr / bias_correction1
+    p -= tmp
