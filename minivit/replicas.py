@@ -123,7 +123,7 @@ class Replicas:
             return _replica_step(self.model, x, y, loss_fn, 1.0)
         results, replica_grads = self._run(parts, x, y, loss_fn), self._replica_grads(len(parts))
         for theirs in replica_grads:                    # g = sum_r (n_r / B) g_r
-            for mine, grad in zip(self.model.parameters(), theirs):
+            for mine, grad in zip(_walk(self.model)[1], theirs):
                 if mine.grad is not None:
                     mine.grad += grad
         loss = sum(part_loss for part_loss, _ in results)
@@ -159,7 +159,7 @@ class Replicas:
         with ops.blas_threads(1):
             if workers is not None:
                 workers.submit(jobs[1:], loss_fn, seeds[1:], grad_enabled,
-                               [m.training for _, m in self.model.named_modules()])
+                               [m.training for m in _walk(self.model)[0]])
                 try:
                     first = run_one(self.model, 0)
                 finally:
@@ -180,7 +180,7 @@ class Replicas:
         """The gradients of replicas 1..k-1, each a list in parameter order."""
         if self._workers is not None and self._workers.used:
             return self._workers.grads[:k - 1]
-        return [[p.grad for p in replica.parameters()] for replica in self._replicas[1:k]]
+        return [[p.grad for p in _walk(replica)[1]] for replica in self._replicas[1:k]]
 
     def _workers_for(self, k: int, loss_fn):
         """Worker processes for replicas 1..k-1, or None to use threads."""
@@ -247,10 +247,21 @@ class _SharedArrays:
                        for o, a in zip(offsets, like)]
 
 
-def _signature(model):
-    return ([id(m) for _, m in model.named_modules()],
+def _walk(model):
+    """(modules, parameters) of ``model`` in the order of ``named_modules`` and
+    ``parameters``, without building their dotted names (this runs every step)."""
+    modules, stack = [], [model]
+    while stack:
+        module = stack.pop()
+        modules.append(module)
+        stack.extend(reversed(module._modules.values()))
+    return modules, [p for m in modules for p in m._parameters.values()]
+
+
+def _signature(modules, params):
+    return ([id(m) for m in modules],
             [(id(p), p.data.shape, p.data.dtype.str, p.requires_grad)
-             for p in model.parameters()])
+             for p in params])
 
 
 class _Workers:
@@ -260,7 +271,7 @@ class _Workers:
     def __init__(self, model, count: int):
         params = model.parameters()
         self.count, self.used, self.broken = count, False, False
-        self.signature = _signature(model)
+        self.signature = _signature(*_walk(model))
         self.params = _SharedArrays([p.data for p in params])
         for p, shared in zip(params, self.params.arrays):
             shared[...] = p.data
@@ -282,9 +293,10 @@ class _Workers:
     def matches(self, model) -> bool:
         """Still the model the workers copied; parameters replaced by arrays of
         the same shape are copied into the shared memory (and point to it)."""
-        if self.broken or _signature(model) != self.signature:
+        modules, params = _walk(model)
+        if self.broken or _signature(modules, params) != self.signature:
             return False
-        for p, shared in zip(model.parameters(), self.params.arrays):
+        for p, shared in zip(params, self.params.arrays):
             if p.data is not shared:
                 shared[...] = p.data
                 p.data = shared

@@ -231,3 +231,11 @@ def test_replicating_leaves_the_model_caches_and_copies_none():
         assert all(m.cache is None for _, m in copy.named_modules())
         assert all(m.cache is before[name] for name, m in model.named_modules())
         assert copy.patch_embed._tiled is model.patch_embed._tiled is True
+
+
+def test_the_fast_walk_lists_modules_and_parameters_as_named_modules_does():
+    from minivit.replicas import _walk
+    model = ViT(**CONFIG, pool="avg", pre_logits=7, seed=1)
+    modules, params = _walk(model)
+    assert modules == [m for _, m in model.named_modules()]
+    assert params == model.parameters()
