@@ -108,12 +108,16 @@ def test_dropout_masks_are_reproducible_and_differ_between_replicas(processes):
         assert not np.allclose(logits[:4], logits[4:])
 
 
-def test_worker_processes_share_the_weights_and_follow_the_model():
+def _model_with_workers():
     if not _fork_available():
         pytest.skip("worker processes need fork (Linux)")
+    model = ViT(**CONFIG, seed=1)
+    return model, Replicas(model, threads=2, processes=True)
+
+
+def test_worker_processes_share_the_weights_and_follow_the_model():
     with backend.using("numpy", "float64"):
-        model = ViT(**CONFIG, seed=1)
-        replicas = Replicas(model, threads=2, processes=True)
+        model, replicas = _model_with_workers()
         x, y = _batch(8)
         replicas.forward_backward(x, y, cross_entropy)
         workers = replicas._workers
@@ -134,9 +138,10 @@ def test_worker_processes_share_the_weights_and_follow_the_model():
         check()
         assert replicas._workers is not workers
         assert not any(p.is_alive() for p in workers.procs)   # the old ones ended
+        workers = replicas._workers
+        assert all(p.is_alive() for p in workers.procs)
         replicas.close()
-        assert not any(p.is_alive() for p in replicas._workers.procs) \
-            if replicas._workers else True
+        assert replicas._workers is None and not any(p.is_alive() for p in workers.procs)
 
 
 def _loss_refusing_label_4(logits, y):
@@ -146,11 +151,8 @@ def _loss_refusing_label_4(logits, y):
 
 
 def test_a_worker_process_error_or_death_reaches_the_caller():
-    if not _fork_available():
-        pytest.skip("worker processes need fork (Linux)")
     with backend.using("numpy", "float64"):
-        model = ViT(**CONFIG, seed=1)
-        replicas = Replicas(model, threads=2, processes=True)
+        model, replicas = _model_with_workers()
         x, y = _batch(8)
         y = np.where(np.arange(8) < 4, 0, 4)               # only the worker's slice has 4
         with pytest.raises(ValueError, match="label 4 refused"):
