@@ -367,7 +367,7 @@ def _worker_loop(model, conn, grads):
             x, y, weight, loss_fn, seed, grad_enabled, training = message
             try:
                 for module, mode in zip(modules, training):
-                    module.training = mode
+                    object.__setattr__(module, "training", mode)    # as Module.train
                 if loss_fn is not None:
                     grads.raw.fill(0)
                 generator = None if seed is None else backend.xp.random.default_rng(seed)
