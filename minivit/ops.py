@@ -59,7 +59,7 @@ _ERF_Q = (-1.42647390514189e-02, -7.37332916720468e-03, -1.68282697438203e-03,
 ERF_FLOAT32_MAX_ABS_ERROR = 5e-7                 # bound checked by tests/test_ops.py
 
 
-def _polynomial(s, coefficients):
+def polynomial(s, coefficients):
     """sum_k coefficients[k] s^k by Horner's rule, in place on one new array."""
     value = s * coefficients[-1]
     for c in coefficients[-2:0:-1]:
@@ -78,7 +78,7 @@ def erf_rational(x, out):
     xp = backend.xp
     xc = xp.clip(x, -4.0, 4.0)
     s = xc * xc
-    xp.divide(_polynomial(s, _ERF_P), _polynomial(s, _ERF_Q), out=out)
+    xp.divide(polynomial(s, _ERF_P), polynomial(s, _ERF_Q), out=out)
     out *= xc
     return xp.clip(out, -1.0, 1.0, out=out)      # the fit overshoots 1 by an ulp or two
 

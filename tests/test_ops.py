@@ -234,6 +234,46 @@ def test_float32_erf_is_accurate_to_float32_rounding():
     assert erf(x[:10].astype(np.float64)).dtype == np.float64
 
 
+def test_float32_exact_gelu_through_a_sigmoid_is_accurate():
+    """The float32 exact GELU (Phi as a fitted logistic sigmoid, no erf) against
+    x Phi(x) and Phi + x phi(x) in float64, densely and at the edges; zeros
+    keep their sign, NaN stays NaN, nothing overflows with a warning, and the
+    layer takes this path for float32 on NumPy only."""
+    pytest.importorskip("scipy")
+    from scipy.special import ndtr
+
+    from minivit.layers import GELU
+    from minivit.layers.gelu import (GELU_EXACT_FLOAT32_MAX_ERROR,
+                                     gelu_exact_sigmoid_forward_kernel)
+    x = np.concatenate([np.linspace(-12, 12, 1_200_001), np.geomspace(1e-38, 12, 5000),
+                        -np.geomspace(1e-38, 12, 5000), EDGES, [3e38, -3e38]]).astype(np.float32)
+    y, d = np.empty_like(x), np.empty_like(x)
+    with np.errstate(over="raise", invalid="raise", divide="raise"), \
+            backend.using("numpy", dtype="float32"):
+        gelu_exact_sigmoid_forward_kernel(x, y, d)
+    x64 = x.astype(np.float64)
+    phi = np.exp(-0.5 * np.minimum(x64 * x64, 1e4)) / np.sqrt(2 * np.pi)
+    scale = np.maximum(np.abs(x64), 1.0)
+    assert (np.abs(y - x64 * ndtr(x64)) / scale).max() <= GELU_EXACT_FLOAT32_MAX_ERROR
+    assert np.abs(d - (ndtr(x64) + x64 * phi)).max() <= 2 * GELU_EXACT_FLOAT32_MAX_ERROR
+    np.testing.assert_array_equal(np.signbit(y[x == 0]), np.signbit(x[x == 0]))
+    assert np.isfinite(y).all() and np.isfinite(d).all()
+    nan = np.array([np.nan], np.float32)
+    out = np.empty_like(nan)
+    with backend.using("numpy", dtype="float32"):
+        gelu_exact_sigmoid_forward_kernel(nan, out)
+    assert np.isnan(out).all()
+    # y alone (inference) is the same y
+    y_alone = np.empty_like(x)
+    with np.errstate(over="raise", invalid="raise", divide="raise"), \
+            backend.using("numpy", dtype="float32"):
+        gelu_exact_sigmoid_forward_kernel(x, y_alone)
+    np.testing.assert_allclose(y_alone, y, rtol=1e-6, atol=1e-37)
+    with backend.using("numpy", dtype="float32"):
+        layer = GELU(approximate="none").eval()
+        np.testing.assert_array_equal(layer.forward(x[:1000]), y_alone[:1000])
+
+
 def test_exact_gelu_float32_matches_float64():
     pytest.importorskip("scipy")
     from minivit.layers import GELU
