@@ -34,8 +34,9 @@ place, is seen by all), each worker writes its gradients into a shared
 buffer of its own that the model's ``.grad`` adds, and the batch slices and
 logits travel through pipes. Workers are forked again when the model's
 parameters or modules are replaced, or their shapes, dtypes or
-``requires_grad`` change. Elsewhere (no fork), or with ``processes=False``,
-replicas are threads in this process.
+``requires_grad`` change. Elsewhere (no fork), in a daemonic process (which
+may not have children), or with ``processes=False``, replicas are threads
+in this process.
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ class Replicas:
         """Worker processes for replicas 1..k-1, or None to use threads."""
         if self._workers is not None:
             self._workers.used = False
-        if not self.processes or not _pickles(loss_fn):
+        if (not self.processes or not _pickles(loss_fn)
+                or multiprocessing.current_process().daemon):   # may not have children
             return None
         if self._workers is not None and (self._workers.count < k - 1
                                           or not self._workers.matches(self.model)):

@@ -241,3 +241,32 @@ def test_the_fast_walk_lists_modules_and_parameters_as_named_modules_does():
     modules, params = _walk(model)
     assert modules == [m for _, m in model.named_modules()]
     assert params == model.parameters()
+
+
+def _train_step_in_a_daemon(queue):
+    try:
+        with backend.using("numpy", "float64"):
+            model = ViT(**CONFIG, seed=1)
+            replicas = Replicas(model, threads=2, processes=True)
+            x, y = _batch(8)
+            loss, _ = replicas.forward_backward(x, y, cross_entropy)
+            queue.put((float(loss), replicas._workers is None, len(replicas._replicas)))
+    except BaseException as exc:
+        queue.put(repr(exc))
+
+
+def test_a_daemonic_process_runs_its_replicas_as_threads():
+    """multiprocessing's daemonic processes (e.g. Pool workers) may not fork
+    children of their own: there the replicas are threads."""
+    if not _fork_available():
+        pytest.skip("worker processes need fork (Linux)")
+    import multiprocessing
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    proc = context.Process(target=_train_step_in_a_daemon, args=(queue,), daemon=True)
+    proc.start()
+    result = queue.get(timeout=60)
+    proc.join(timeout=10)
+    assert not isinstance(result, str), result
+    loss, no_workers, replicas = result
+    assert proc.exitcode == 0 and np.isfinite(loss) and no_workers and replicas == 2
