@@ -46,6 +46,7 @@ import mmap
 import multiprocessing
 import signal
 import sys
+import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
@@ -194,7 +195,13 @@ class Replicas:
                                           or not self._workers.matches(self.model)):
             self.close()                                # the model changed: fork anew
         if self._workers is None:
-            self._workers = _Workers(self.model, self.threads - 1)
+            try:
+                self._workers = _Workers(self.model, self.threads - 1)
+            except OSError as exc:                      # e.g. no memory or process slots
+                warnings.warn(f"minivit.replicas: could not start worker processes ({exc}); "
+                              "running the replicas as threads", RuntimeWarning, stacklevel=4)
+                self.processes = False
+                return None
         self._workers.used = True
         return self._workers
 
@@ -282,14 +289,19 @@ class _Workers:
         self.grads = [g.arrays for g in self._grads]
         context = multiprocessing.get_context("fork")
         self.conns, self.procs = [], []
-        for r in range(count):
-            mine, theirs = context.Pipe()
-            proc = context.Process(target=_worker_loop, args=(model, theirs, self._grads[r]),
-                                   name=f"minivit-replica-{r + 1}", daemon=True)
-            proc.start()
-            theirs.close()
-            self.conns.append(mine)
-            self.procs.append(proc)
+        try:
+            for r in range(count):
+                mine, theirs = context.Pipe()
+                proc = context.Process(target=_worker_loop,
+                                       args=(model, theirs, self._grads[r]),
+                                       name=f"minivit-replica-{r + 1}", daemon=True)
+                proc.start()
+                theirs.close()
+                self.conns.append(mine)
+                self.procs.append(proc)
+        except BaseException:
+            _shutdown(self.conns, self.procs)               # the ones already started
+            raise
         self._finalizer = weakref.finalize(self, _shutdown, self.conns, self.procs)
 
     def matches(self, model) -> bool:

@@ -270,3 +270,24 @@ def test_a_daemonic_process_runs_its_replicas_as_threads():
     assert not isinstance(result, str), result
     loss, no_workers, replicas = result
     assert proc.exitcode == 0 and np.isfinite(loss) and no_workers and replicas == 2
+
+
+def test_when_no_worker_process_can_start_the_replicas_are_threads(monkeypatch):
+    if not _fork_available():
+        pytest.skip("worker processes need fork (Linux)")
+    import multiprocessing
+
+    def refuse(self):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(multiprocessing.get_context("fork").Process, "start", refuse)
+    with backend.using("numpy", "float64"):
+        alone, split = ViT(**CONFIG, seed=1), ViT(**CONFIG, seed=1)
+        x, y = _batch(8)
+        alone.backward(cross_entropy(alone.forward(x), y)[1])
+        replicas = Replicas(split, threads=2, processes=True)
+        with pytest.warns(RuntimeWarning, match="could not start worker processes"):
+            replicas.forward_backward(x, y, cross_entropy)
+        assert replicas._workers is None and not replicas.processes
+        for a, b in zip(alone.parameters(), split.parameters()):
+            np.testing.assert_allclose(b.grad, a.grad, rtol=1e-10, atol=1e-14)
