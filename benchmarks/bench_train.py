@@ -188,11 +188,11 @@ def main(argv=None):
         y_host = rng.integers(0, mcfg["num_classes"], size=batch)
         x, y = backend.to_device(x_host), backend.to_device(y_host)
 
-        replicas = Replicas(model)                # as the Trainer: a replica per thread
+        replicas = Replicas(model)                # as the Trainer: a replica per core
 
         def train_step():
             model.zero_grad()
-            replicas.forward_backward(x, y, cross_entropy)
+            replicas.loss_and_grads(x, y, cross_entropy)
             optimizer.step()
 
         def infer():
@@ -215,9 +215,10 @@ def main(argv=None):
             for who, t in times.items():
                 timings.setdefault(who, {})[phase] = summarise(t, batch)
         model.train()
-        def whole_batch_step():                   # one process: worker memory counts too
+
+        def whole_batch_step():                   # the model alone: all activations here
             model.zero_grad()
-            Replicas(model, threads=1).forward_backward(x, y, cross_entropy)
+            model.backward(cross_entropy(model.forward(x), y)[1])
             optimizer.step()
 
         peak = measure_peak_memory(whole_batch_step, backend)

@@ -78,7 +78,7 @@ class Replicas:
     or for a batch too small to cut, the model runs alone, exactly as
     ``model.forward`` / ``model.backward``. Not a layer: it has no
     forward/backward pair of its own, only ``logits`` (an evaluation) and
-    ``forward_backward`` (a training step's two passes).
+    ``loss_and_grads`` (a training step's two passes, run by each replica).
     """
 
     def __init__(self, model, threads: int | None = None, processes: bool | None = None):
@@ -103,14 +103,15 @@ class Replicas:
 
     def logits(self, x):
         """Logits of ``x`` (B, C, H, W) -> (B, classes), as ``model.forward``
-        (forward only: a backward goes through ``forward_backward``). Under
+        (forward only: gradients come from ``loss_and_grads``). Under
         ``no_grad`` the replicas keep nothing for backward either."""
         parts = self.slices(len(x))
         if len(parts) == 1:
             return self.model.forward(x)
-        return backend.xp.concatenate([logits for _, logits in self._run(parts, x)])
+        results, _ = self._run(parts, x)
+        return backend.xp.concatenate([logits for _, logits in results])
 
-    def forward_backward(self, x, y, loss_fn):
+    def loss_and_grads(self, x, y, loss_fn):
         """Forward and backward of the batch's mean loss.
 
         ``loss_fn(logits, y)`` returns (mean loss over those rows, dL/dlogits);
@@ -123,9 +124,10 @@ class Replicas:
         parts = self.slices(len(x))
         if len(parts) == 1:
             return _replica_step(self.model, x, y, loss_fn, 1.0)
-        results, replica_grads = self._run(parts, x, y, loss_fn), self._replica_grads(len(parts))
+        results, replica_grads = self._run(parts, x, y, loss_fn)
+        params = _walk(self.model)[1]
         for theirs in replica_grads:                    # g = sum_r (n_r / B) g_r
-            for mine, grad in zip(_walk(self.model)[1], theirs):
+            for mine, grad in zip(params, theirs):
                 if mine.grad is not None:
                     mine.grad += grad
         loss = sum(part_loss for part_loss, _ in results)
@@ -140,7 +142,9 @@ class Replicas:
     # -- machinery --------------------------------------------------------------
     def _run(self, parts, x, y=None, loss_fn=None):
         """Replica r on slice r, all at once: [(loss_r * n_r / B or None,
-        logits_r)] in slice order. Replica 0 is the model, on this thread."""
+        logits_r)] in slice order, and the gradient arrays of replicas 1..k-1
+        (each a list in parameter order). Replica 0 is the model, on this
+        thread."""
         batch = parts[-1][1]
         jobs = [(x[lo:hi], None if y is None else y[lo:hi], (hi - lo) / batch)
                 for lo, hi in parts]
@@ -166,7 +170,7 @@ class Replicas:
                     first = run_one(self.model, 0)
                 finally:
                     others = workers.collect()          # re-raises a worker's error
-                return [first] + others
+                return [first] + others, workers.grads[:len(others)]
             replicas = self._replicas_for(len(parts))
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.threads - 1,
@@ -176,18 +180,10 @@ class Replicas:
                 first = run_one(self.model, 0)
             finally:
                 others = [f.result() for f in futures]      # re-raises a replica's error
-        return [first] + others
-
-    def _replica_grads(self, k: int) -> list:
-        """The gradients of replicas 1..k-1, each a list in parameter order."""
-        if self._workers is not None and self._workers.used:
-            return self._workers.grads[:k - 1]
-        return [[p.grad for p in _walk(replica)[1]] for replica in self._replicas[1:k]]
+        return [first] + others, [[p.grad for p in _walk(r)[1]] for r in replicas[1:]]
 
     def _workers_for(self, k: int, loss_fn):
         """Worker processes for replicas 1..k-1, or None to use threads."""
-        if self._workers is not None:
-            self._workers.used = False
         if (not self.processes or not _pickles(loss_fn)
                 or multiprocessing.current_process().daemon):   # may not have children
             return None
@@ -202,19 +198,18 @@ class Replicas:
                               "running the replicas as threads", RuntimeWarning, stacklevel=4)
                 self.processes = False
                 return None
-        self._workers.used = True
         return self._workers
 
     def _replicas_for(self, k: int) -> list:
         """k replicas, made alike: the same weights (shared arrays), modes."""
         while len(self._replicas) < k:
             self._replicas.append(_replicate(self.model))
-        modules = list(self.model.named_modules())
-        params = self.model.parameters()
+        modules, params = _walk(self.model)
         for replica in self._replicas[1:k]:
-            for (_, mine), (_, theirs) in zip(modules, replica.named_modules()):
+            their_modules, their_params = _walk(replica)
+            for mine, theirs in zip(modules, their_modules):
                 theirs.training = mine.training
-            for mine, theirs in zip(params, replica.parameters()):
+            for mine, theirs in zip(params, their_params):
                 theirs.data = mine.data                     # shared, never copied
         return self._replicas[:k]
 
@@ -279,7 +274,7 @@ class _Workers:
 
     def __init__(self, model, count: int):
         params = model.parameters()
-        self.count, self.used, self.broken = count, False, False
+        self.count, self.broken = count, False
         self.signature = _signature(*_walk(model))
         self.params = _SharedArrays([p.data for p in params])
         for p, shared in zip(params, self.params.arrays):
@@ -367,9 +362,9 @@ def _shutdown(conns, procs):
 def _worker_loop(model, conn, grads):
     """A worker process: replica steps on the slices it is sent, until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's to handle
-    for p, grad in zip(model.parameters(), grads.arrays):
+    modules, params = _walk(model)                  # the order the parent sends in
+    for p, grad in zip(params, grads.arrays):
         p.grad = grad if p.requires_grad else None
-    modules = [m for _, m in model.named_modules()]
     with ops.serial(), ops.blas_threads(1):
         while True:
             try:

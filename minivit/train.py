@@ -480,7 +480,7 @@ class Trainer:
             return 0.0, 0
         xb, yb = backend.to_device(xb_host), backend.to_device(yb_host)
         smoothing = self.config.label_smoothing
-        loss, logits = self.replicas.forward_backward(     # a partial: it pickles
+        loss, logits = self.replicas.loss_and_grads(     # a partial: it pickles
             xb, yb, functools.partial(cross_entropy, label_smoothing=smoothing))
         return loss, int((logits.argmax(axis=1) == yb).sum())    # one scalar to host
 

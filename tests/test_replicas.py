@@ -40,14 +40,14 @@ def test_gradient_loss_and_logits_equal_the_model_alone(threads, batch, processe
 
         replicas = Replicas(split, threads=threads, processes=processes)
         assert len(replicas.slices(batch)) == min(threads, batch // 4) > 1
-        loss, logits = replicas.forward_backward(x, y, cross_entropy)
+        loss, logits = replicas.loss_and_grads(x, y, cross_entropy)
         assert (replicas._workers is not None) == processes
         assert loss == pytest.approx(loss_alone, rel=1e-13)
         np.testing.assert_allclose(logits, logits_alone, rtol=1e-12, atol=1e-14)
         for (name, a), b in zip(alone.named_parameters(), split.parameters()):
             np.testing.assert_allclose(b.grad, a.grad, rtol=1e-10, atol=1e-14, err_msg=name)
         # a second step adds to the gradients, as model.backward does
-        replicas.forward_backward(x, y, cross_entropy)
+        replicas.loss_and_grads(x, y, cross_entropy)
         for a, b in zip(alone.parameters(), split.parameters()):
             np.testing.assert_allclose(b.grad, 2 * a.grad, rtol=1e-10, atol=1e-14)
 
@@ -57,7 +57,7 @@ def test_thread_replicas_share_the_weights_and_see_updates():
         model = ViT(**CONFIG, seed=1)
         replicas = Replicas(model, threads=2, processes=False)
         x, y = _batch(8)
-        replicas.forward_backward(x, y, cross_entropy)
+        replicas.loss_and_grads(x, y, cross_entropy)
         other = replicas._replicas[1]
         for mine, theirs in zip(model.parameters(), other.parameters()):
             assert theirs.data is mine.data                  # shared, not copied
@@ -75,7 +75,7 @@ def test_no_grad_and_eval_mode_reach_every_replica(processes):
         model = ViT(**CONFIG, seed=1, dropout=0.5)
         replicas = Replicas(model, threads=2, processes=processes)
         x, y = _batch(8)
-        replicas.forward_backward(x, y, cross_entropy)          # workers start in train mode
+        replicas.loss_and_grads(x, y, cross_entropy)          # workers start in train mode
         model.eval()
         with minivit.no_grad():
             out = replicas.logits(x)
@@ -95,7 +95,7 @@ def test_dropout_masks_are_reproducible_and_differ_between_replicas(processes):
         for _ in range(2):
             model = ViT(**CONFIG, seed=1, dropout=0.5)
             backend.seed(7)
-            Replicas(model, threads=2, processes=processes).forward_backward(
+            Replicas(model, threads=2, processes=processes).loss_and_grads(
                 x, y, cross_entropy)
             grads.append([p.grad.copy() for p in model.parameters() if p.grad is not None])
         for a, b in zip(*grads):
@@ -119,7 +119,7 @@ def test_worker_processes_share_the_weights_and_follow_the_model():
     with backend.using("numpy", "float64"):
         model, replicas = _model_with_workers()
         x, y = _batch(8)
-        replicas.forward_backward(x, y, cross_entropy)
+        replicas.loss_and_grads(x, y, cross_entropy)
         workers = replicas._workers
         assert all(p.data is shared for p, shared in zip(model.parameters(),
                                                           workers.params.arrays))
@@ -156,15 +156,15 @@ def test_a_worker_process_error_or_death_reaches_the_caller():
         x, y = _batch(8)
         y = np.where(np.arange(8) < 4, 0, 4)               # only the worker's slice has 4
         with pytest.raises(ValueError, match="label 4 refused"):
-            replicas.forward_backward(x, y, _loss_refusing_label_4)
+            replicas.loss_and_grads(x, y, _loss_refusing_label_4)
         y = np.zeros(8, dtype=np.int64)
-        replicas.forward_backward(x, y, _loss_refusing_label_4)   # it still serves
+        replicas.loss_and_grads(x, y, _loss_refusing_label_4)   # it still serves
         os.kill(replicas._workers.procs[0].pid, signal.SIGKILL)
         replicas._workers.procs[0].join()
         with pytest.raises(RuntimeError, match="worker process .* died"):
-            replicas.forward_backward(x, y, cross_entropy)
+            replicas.loss_and_grads(x, y, cross_entropy)
         model.zero_grad()
-        loss, _ = replicas.forward_backward(x, y, cross_entropy)   # forked anew
+        loss, _ = replicas.loss_and_grads(x, y, cross_entropy)   # forked anew
         assert np.isfinite(loss) and all(p.is_alive() for p in replicas._workers.procs)
 
 
@@ -177,7 +177,7 @@ def test_a_loss_that_does_not_pickle_runs_the_replicas_as_threads():
         smoothing = functools.partial(cross_entropy, label_smoothing=0.1)
         alone.backward(smoothing(alone.forward(x), y)[1])
         replicas = Replicas(split, threads=2, processes=True)
-        replicas.forward_backward(x, y, lambda logits, y: smoothing(logits, y))
+        replicas.loss_and_grads(x, y, lambda logits, y: smoothing(logits, y))
         assert replicas._workers is None and len(replicas._replicas) == 2
         for a, b in zip(alone.parameters(), split.parameters()):
             np.testing.assert_allclose(b.grad, a.grad, rtol=1e-10, atol=1e-14)
@@ -249,7 +249,7 @@ def _train_step_in_a_daemon(queue):
             model = ViT(**CONFIG, seed=1)
             replicas = Replicas(model, threads=2, processes=True)
             x, y = _batch(8)
-            loss, _ = replicas.forward_backward(x, y, cross_entropy)
+            loss, _ = replicas.loss_and_grads(x, y, cross_entropy)
             queue.put((float(loss), replicas._workers is None, len(replicas._replicas)))
     except BaseException as exc:
         queue.put(repr(exc))
@@ -287,7 +287,7 @@ def test_when_no_worker_process_can_start_the_replicas_are_threads(monkeypatch):
         alone.backward(cross_entropy(alone.forward(x), y)[1])
         replicas = Replicas(split, threads=2, processes=True)
         with pytest.warns(RuntimeWarning, match="could not start worker processes"):
-            replicas.forward_backward(x, y, cross_entropy)
+            replicas.loss_and_grads(x, y, cross_entropy)
         assert replicas._workers is None and not replicas.processes
         for a, b in zip(alone.parameters(), split.parameters()):
             np.testing.assert_allclose(b.grad, a.grad, rtol=1e-10, atol=1e-14)

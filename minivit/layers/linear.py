@@ -50,17 +50,15 @@ class Linear(Module):
         # from the next layer's kernels). Few rows (small batches): one BLAS
         # call, which splits W instead of packing all of it on every core.
         weight = self.weight.data
-        bias = self.bias.data if self.bias is not None else None
         x_rows = x.reshape(-1, self.in_features)               # (R, in)
+        y = backend.xp.empty((x_rows.shape[0], self.out_features),      # (R, out)
+                             dtype=backend.xp.result_type(x_rows, weight))
+        kernel = partial(linear_forward_kernel, weight=weight,
+                         bias=self.bias.data if self.bias is not None else None)
         if x_rows.shape[0] >= self.out_features:
-            y = backend.xp.empty((x_rows.shape[0], self.out_features),
-                                 dtype=backend.xp.result_type(x_rows, weight))
-            parallel_rows(partial(linear_forward_kernel, weight=weight, bias=bias),
-                          x_rows, y, cache_blocks=False)
+            parallel_rows(kernel, x_rows, y, cache_blocks=False)
         else:
-            y = x_rows @ weight.T                              # (R, out)
-            if bias is not None:
-                y += bias
+            kernel(x_rows, y)                                  # y = x W^T + b
         return y.reshape(*x.shape[:-1], self.out_features)     # (..., out)
 
     def backward(self, dout):
