@@ -27,6 +27,8 @@ from collections import defaultdict
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="bench-m")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="override the configuration's batch size")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=25, help="rows to show with --cprofile")
@@ -57,7 +59,7 @@ def main(argv=None):
     model = ViT(**cfg["model"], seed=0)
     opt = AdamW(param_groups_weight_decay(model.named_parameters(), 0.05), lr=1e-3)
     rng = np.random.default_rng(0)
-    m, batch = cfg["model"], cfg["batch_size"]
+    m, batch = cfg["model"], args.batch_size or cfg["batch_size"]
     x = backend.to_device(rng.standard_normal(
         (batch, m["in_channels"], m["image_size"], m["image_size"])).astype(np.float32))
     y = backend.to_device(rng.integers(0, m["num_classes"], size=batch))
