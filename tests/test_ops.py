@@ -121,16 +121,17 @@ def test_threaded_layers_equal_serial_and_pass_gradcheck(monkeypatch):
         assert_gradients_ok(check_module(model, x, samples=15))
 
 
-@pytest.mark.parametrize("case", ["usual", "overflow", "underflow", "both"])
+@pytest.mark.parametrize("case", ["usual", "rows_far_apart", "one_row_far_below", "both"])
 def test_fast_softmax_equals_reference(f64, case, recwarn):
-    """exp straight on the scores in the usual case; rows that would overflow
-    or underflow send the whole call down the shifted path; same result."""
+    """Each score matrix shifted by its overall max, row maxima only where
+    that underflows a whole row: the reference's result in every case, and
+    no overflow or underflow warning on the way."""
     from minivit.layers.attention import softmax, softmax_of_score_matrices
     xp = backend.xp
     scores = randn(3, 2, 5, 6, seed=3, scale=4.0)
-    if case in ("overflow", "both"):             # exp(1000+) overflows any float
+    if case in ("rows_far_apart", "both"):       # the matrix max underflows the low rows
         scores[0, 1] += backend.to_device(np.arange(5.0)[:, None] * 1000.0)
-    if case in ("underflow", "both"):            # a whole row's exps underflow
+    if case in ("one_row_far_below", "both"):    # so does this row's
         scores[2, 0, 3] -= 5000.0
     expected = softmax(scores.copy())
     out = xp.empty_like(scores)
