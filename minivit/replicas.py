@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import mmap
 import multiprocessing
+import pickle
 import signal
 import sys
 import warnings
@@ -229,7 +230,6 @@ def _pickles(loss_fn) -> bool:
     if loss_fn is None:
         return True
     try:
-        import pickle
         pickle.dumps(loss_fn)
         return True
     except Exception:                                       # lambdas, closures
@@ -273,9 +273,9 @@ class _Workers:
     parameters are views of memory shared with this process's model."""
 
     def __init__(self, model, count: int):
-        params = model.parameters()
+        modules, params = _walk(model)              # the order the workers use too
         self.count, self.broken = count, False
-        self.signature = _signature(*_walk(model))
+        self.signature = _signature(modules, params)
         self.params = _SharedArrays([p.data for p in params])
         for p, shared in zip(params, self.params.arrays):
             shared[...] = p.data
@@ -393,14 +393,15 @@ def _worker_loop(model, conn, grads):
 def _replicate(model):
     """A copy of ``model`` that shares its parameter arrays, with its own
     (zeroed) gradients and no forward caches."""
+    modules, params = _walk(model)
     detached = []                                           # caches are not copied
-    for _, module in model.named_modules():
+    for module in modules:
         for key in ("cache", "attn_probs"):
             if vars(module).get(key) is not None:
                 detached.append((module, key, vars(module)[key]))
                 object.__setattr__(module, key, None)
     try:
-        replica = copy.deepcopy(model, {id(p.data): p.data for p in model.parameters()})
+        replica = copy.deepcopy(model, {id(p.data): p.data for p in params})
     finally:
         for module, key, value in detached:
             object.__setattr__(module, key, value)

@@ -104,7 +104,7 @@ def scores_backward_kernel(dattn, attn, q, k, dq, dk, scale):
 
 
 class MultiHeadSelfAttention(Module):
-    """Shapes: x (B, T, D) -> y (B, T, D).
+    """Shapes: x (B, T, D) -> y (B, Q, D), Q = T unless ``num_queries`` is given.
 
     Sub-modules (timm names): ``qkv`` Linear(D, 3D) whose output rows are
     ordered [q; k; v], each split into heads contiguously; ``proj``

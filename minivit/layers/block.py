@@ -22,8 +22,8 @@ from minivit.module import Module
 
 
 class Block(Module):
-    """Shapes: x (B, T, dim) -> y (B, T, dim). timm names: ``norm1``, ``attn``,
-    ``norm2``, ``mlp``."""
+    """Shapes: x (B, T, dim) -> y (B, Q, dim), Q = T unless ``num_queries``
+    is given. timm names: ``norm1``, ``attn``, ``norm2``, ``mlp``."""
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0,
                  attn_dropout: float = 0.0, eps: float = 1e-6, qkv_bias: bool = True,
