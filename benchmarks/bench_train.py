@@ -14,11 +14,20 @@ the fraction of a large float32 matmul's GFLOP/s measured in this run, and
 the peak memory of a training step on the whole batch in one process
 (tracemalloc on NumPy, the memory pool on CuPy; replicas split the same
 activations between them).
+
+A second table gives each step's matmul floor: the step's matmuls alone
+(``matmul_shapes``, the products minivit runs, on this BLAS, each replica's
+slice of the batch on one core as the replicas run them), the images/s a
+step would reach if everything else took no time, that as a ratio to
+PyTorch's whole step ("bound": the best ratio these matmuls allow) and their
+share of minivit's own step (the rest is elementwise work, softmax,
+LayerNorm, AdamW and Python).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -76,25 +85,77 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def matmul_flops(cfg, batch_size):
-    """Multiply-add FLOPs (2 per MAC) of one forward pass as minivit runs it:
-    patch projection, qkv, scores, attention-weighted values, proj, fc1, fc2
-    and the head. With pool "cls" (the default) the last block computes one
-    query token's scores, values, proj and MLP, not t (see ``minivit.vit``)."""
+def matmul_shapes(cfg, batch_size, train=False):
+    """The matmuls of one forward pass as minivit runs it, and with ``train``
+    those of its backward too: a list of (count, m, k, n), ``count`` products
+    of an (m, k) by a (k, n) matrix. Forward: patch projection, qkv, scores,
+    attention-weighted values, proj, fc1, fc2 and the head. With pool "cls"
+    (the default) the last block computes one query token's scores, values,
+    proj and MLP, not t (see ``minivit.vit``). Backward: dW = dy^T x and
+    dx = dy W for every Linear (no dx for the patch projection: nothing needs
+    the images' gradient), and four products per attention."""
     m = cfg
+    b = batch_size
     grid = m["image_size"] // m["patch_size"]
     n = grid * grid
     t = n + 1
-    d, hidden = m["dim"], m["mlp_dim"]
-    patch = 2 * n * (m["in_channels"] * m["patch_size"] ** 2) * d
+    d, hidden, heads = m["dim"], m["mlp_dim"], m["heads"]
+    head_dim = d // heads
+    forward, backward = [], []
 
-    def block(queries):
-        return (2 * t * d * 3 * d + 2 * 2 * queries * t * d + 2 * queries * d * d
-                + 2 * 2 * queries * d * hidden)
+    def linear(rows, fan_in, fan_out, input_grad=True):
+        forward.append((1, rows, fan_in, fan_out))              # y = x W^T
+        backward.append((1, fan_out, rows, fan_in))             # dW = dy^T x
+        if input_grad:
+            backward.append((1, rows, fan_out, fan_in))         # dx = dy W
 
-    last = block(1 if m.get("pool", "cls") == "cls" else t)
-    head = 2 * d * m["num_classes"]
-    return batch_size * (patch + (m["depth"] - 1) * block(t) + last + head)
+    linear(b * n, m["in_channels"] * m["patch_size"] ** 2, d, input_grad=False)
+    for i in range(m["depth"]):
+        last = i == m["depth"] - 1 and m.get("pool", "cls") == "cls"
+        queries = 1 if last else t
+        linear(b * t, d, 3 * d)                                 # qkv: keys and values of all
+        forward += [(b * heads, queries, head_dim, t),          # s = q k^T
+                    (b * heads, queries, t, head_dim)]          # o = a v
+        backward += [(b * heads, queries, head_dim, t),         # da = do v^T
+                     (b * heads, t, queries, head_dim),         # dv = a^T do
+                     (b * heads, queries, t, head_dim),         # dq = ds k
+                     (b * heads, t, queries, head_dim)]         # dk = ds^T q
+        linear(b * queries, d, d)                               # proj
+        linear(b * queries, d, hidden)                          # fc1
+        linear(b * queries, hidden, d)                          # fc2
+    linear(b, d, m["num_classes"])                              # head
+    return forward + backward if train else forward
+
+
+def matmul_flops(cfg, batch_size):
+    """Multiply-add FLOPs (2 per MAC) of one forward pass as minivit runs it
+    (the products of ``matmul_shapes``)."""
+    return sum(2 * count * m * k * n for count, m, k, n in matmul_shapes(cfg, batch_size))
+
+
+def time_matmuls(shapes, reps):
+    """Seconds (a list, one per rep) for the products of ``shapes`` alone,
+    one after another, with ``xp.matmul`` into preallocated float32 outputs.
+    One set of operands per distinct shape, so small ones stay in cache: if
+    anything this is faster than the step's own matmuls, not slower."""
+    import numpy as np  # noqa: PLC0415
+
+    from minivit import backend  # noqa: PLC0415
+    xp = backend.xp
+    rng = np.random.default_rng(1)
+    operands = {}
+    for count, m, k, n in shapes:
+        if (count, m, k, n) not in operands:
+            lead = (count,) if count > 1 else ()
+            a, b = (backend.to_device(rng.standard_normal(lead + shape), "float32")
+                    for shape in ((m, k), (k, n)))
+            operands[count, m, k, n] = (a, b, xp.empty(lead + (m, n), dtype=a.dtype))
+    products = [operands[shape] for shape in shapes]
+
+    def run():
+        for a, b, out in products:
+            xp.matmul(a, b, out=out)
+    return time_it(run, reps, warmup=1, sync=backend.synchronize)
 
 
 def time_it(fn, reps, warmup, sync=lambda: None):
@@ -127,7 +188,7 @@ def main(argv=None):
     import numpy as np  # noqa: PLC0415
 
     import minivit  # noqa: PLC0415
-    from minivit import backend  # noqa: PLC0415
+    from minivit import backend, ops  # noqa: PLC0415
     from minivit.loss import cross_entropy  # noqa: PLC0415
     from minivit.optim import AdamW, param_groups_weight_decay  # noqa: PLC0415
     from minivit.replicas import Replicas  # noqa: PLC0415
@@ -223,10 +284,20 @@ def main(argv=None):
 
         peak = measure_peak_memory(whole_batch_step, backend)
 
+        # The floor: the step's matmuls alone, on NumPy's BLAS, as the replicas
+        # run them (each its slice of the batch on one core, all at once: the
+        # largest slice sets the time). No step of this model can be faster.
+        parts = replicas.slices(batch)
+        share = max(hi - lo for lo, hi in parts)
+        with ops.blas_threads(1) if len(parts) > 1 else contextlib.nullcontext():
+            floor = {phase: summarise(time_matmuls(matmul_shapes(mcfg, share, phase == "train"),
+                                                   args.reps), batch)
+                     for phase in ("train", "infer")}
+
         entry = dict(model=mcfg, batch_size=batch, params=model.num_parameters(),
                      train=timings["minivit"]["train"], infer=timings["minivit"]["infer"],
                      train_flops_per_step=3 * flops, infer_flops_per_step=flops,
-                     peak_train_memory_mb=peak / 2 ** 20)
+                     peak_train_memory_mb=peak / 2 ** 20, matmul_floor=floor)
         for who, ceiling in (("minivit", matmul_gflops), ("torch", torch_matmul_gflops)):
             if who not in timings:
                 continue
@@ -239,6 +310,11 @@ def main(argv=None):
             entry["ratio_train"] = (entry["train"]["images_per_s"]
                                     / entry["torch"]["train"]["images_per_s"])
             entry["ratio_infer"] = (entry["infer"]["images_per_s"]
+                                    / entry["torch"]["infer"]["images_per_s"])
+            # the best ratio possible with these matmuls: all else free
+            entry["bound_train"] = (floor["train"]["images_per_s"]
+                                    / entry["torch"]["train"]["images_per_s"])
+            entry["bound_infer"] = (floor["infer"]["images_per_s"]
                                     / entry["torch"]["infer"]["images_per_s"])
         results["configs"][name] = entry
 
@@ -437,12 +513,36 @@ def print_table(results):
               f"{tr['gflops']:>9.1f}{100 * tr['fraction_of_matmul']:>7.0f}%"
               f"{_rate(inf['images_per_s']):>12}{torch_infer:>9}{ratio_infer:>7}"
               f"{e['peak_train_memory_mb']:>9.1f}")
+    print_floor(results)
     scale = results.get("reference_seconds_per_wall_second")
     if scale is not None:
         torch_img_s = results["configs"]["mnist-s"]["torch"]["train"]["images_per_s"]
         print(f"\nreference-seconds = wall seconds x {torch_img_s:.0f} / "
               f"{REFERENCE_TORCH_IMG_S:.0f} = wall seconds x {scale:.3f}  "
               f"(PyTorch CPU mnist-s train img/s in this run)")
+
+
+def print_floor(results):
+    """The matmul floor of each configuration: its matmuls alone, the images/s
+    a step would reach if everything else took no time, that as a ratio to
+    PyTorch's whole step (the best ratio these matmuls allow), and the share
+    of minivit's own step they take."""
+    print("\nmatmuls alone (the step's products on this BLAS, each replica's slice on one "
+          "core):\nthe images/s if all else took no time, as a ratio to PyTorch's step, "
+          "and their share of minivit's step")
+    header = (f"{'config':<14}{'batch':>6}{'train ms':>10}{'img/s':>9}{'bound':>7}{'share':>7}"
+              f"{'infer ms':>10}{'img/s':>9}{'bound':>7}{'share':>7}")
+    print(header)
+    print("-" * len(header))
+    for name, e in results["configs"].items():
+        cells = ""
+        for phase in ("train", "infer"):
+            floor = e["matmul_floor"][phase]
+            bound = e.get(f"bound_{phase}")
+            cells += (f"{1e3 * floor['median_s']:>10.1f}{_rate(floor['images_per_s']):>9}"
+                      f"{'-' if bound is None else f'{bound:.2f}':>7}"
+                      f"{100 * floor['median_s'] / e[phase]['median_s']:>6.0f}%")
+        print(f"{name:<14}{e['batch_size']:>6}{cells}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,30 @@ def test_matmul_flops_by_hand():
         patch + 2 * block + cls_block + head
 
 
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_matmul_shapes_of_a_training_step(pool):
+    """The backward's products: dW and dx for every Linear (each as costly as
+    its forward), four per attention (twice its forward's two), and no dx for
+    the patch projection: 3x the forward FLOPs less that one product."""
+    cfg = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=6, depth=2,
+               heads=2, mlp_dim=10, pool=pool)
+
+    def flops(shapes):
+        return sum(2 * count * m * k * n for count, m, k, n in shapes)
+
+    forward = bench_train.matmul_shapes(cfg, batch_size=5)
+    step = bench_train.matmul_shapes(cfg, batch_size=5, train=True)
+    assert step[:len(forward)] == forward
+    patch_dx = 2 * (5 * 4) * 6 * (2 * 16)
+    assert flops(step) == 3 * flops(forward) - patch_dx
+    assert flops(forward) == bench_train.matmul_flops(cfg, batch_size=5)
+    # Linears: the patch projection, qkv, proj, fc1 and fc2 of each block, the head;
+    # two attention products per block forward, four backward
+    linears, attention = 1 + 4 * 2 + 1, 2 * 2
+    assert len(forward) == linears + attention
+    assert len(step) - len(forward) == 2 * linears - 1 + 2 * attention
+
+
 @pytest.mark.parametrize("use_torch", [False, True], ids=["numpy-only", "with-torch"])
 def test_benchmark_smoke(tmp_path, capsys, monkeypatch, use_torch):
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -48,9 +72,18 @@ def test_benchmark_smoke(tmp_path, capsys, monkeypatch, use_torch):
     assert 0 < entry["train"]["fraction_of_matmul"]
     assert entry["peak_train_memory_mb"] > 0
     assert ("ratio_train" in entry) == use_torch
+    # the matmul floor: the step's products alone, and the ratio they allow
+    floor = entry["matmul_floor"]
+    assert floor["train"]["images_per_s"] > 0 and floor["infer"]["images_per_s"] > 0
+    if use_torch:
+        for phase in ("train", "infer"):
+            assert entry[f"bound_{phase}"] == pytest.approx(
+                floor[phase]["images_per_s"] / entry["torch"][phase]["images_per_s"])
+    else:
+        assert "bound_train" not in entry
     assert json.loads(out.read_text())["configs"]["mnist-s"]["batch_size"] == 8
     table = capsys.readouterr().out
-    assert "mnist-s" in table and "GFLOP/s" in table
+    assert "mnist-s" in table and "GFLOP/s" in table and "matmuls alone" in table
     # the facts that tell machines apart: CPU model and NumPy's SIMD extensions
     machine = results["machine"]
     assert machine["cpu_model"] and machine["cpu_model"] in table
