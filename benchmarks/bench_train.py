@@ -133,14 +133,15 @@ def matmul_flops(cfg, batch_size):
     return sum(2 * count * m * k * n for count, m, k, n in matmul_shapes(cfg, batch_size))
 
 
-def time_matmuls(shapes, reps):
-    """Seconds (a list, one per rep) for the products of ``shapes`` alone,
-    one after another, with ``xp.matmul`` into preallocated float32 outputs.
-    One set of operands per distinct shape, so small ones stay in cache: if
-    anything this is faster than the step's own matmuls, not slower."""
+def matmuls_alone(shapes, one_thread=False):
+    """A function that runs the products of ``shapes`` alone, one after
+    another, with ``xp.matmul`` into preallocated float32 outputs (BLAS on
+    one thread with ``one_thread``). One set of operands per distinct shape,
+    so small ones stay in cache: if anything this is faster than the step's
+    own matmuls, not slower."""
     import numpy as np  # noqa: PLC0415
 
-    from minivit import backend  # noqa: PLC0415
+    from minivit import backend, ops  # noqa: PLC0415
     xp = backend.xp
     rng = np.random.default_rng(1)
     operands = {}
@@ -153,9 +154,10 @@ def time_matmuls(shapes, reps):
     products = [operands[shape] for shape in shapes]
 
     def run():
-        for a, b, out in products:
-            xp.matmul(a, b, out=out)
-    return time_it(run, reps, warmup=1, sync=backend.synchronize)
+        with ops.blas_threads(1) if one_thread else contextlib.nullcontext():
+            for a, b, out in products:
+                xp.matmul(a, b, out=out)
+    return run
 
 
 def time_it(fn, reps, warmup, sync=lambda: None):
@@ -188,7 +190,7 @@ def main(argv=None):
     import numpy as np  # noqa: PLC0415
 
     import minivit  # noqa: PLC0415
-    from minivit import backend, ops  # noqa: PLC0415
+    from minivit import backend  # noqa: PLC0415
     from minivit.loss import cross_entropy  # noqa: PLC0415
     from minivit.optim import AdamW, param_groups_weight_decay  # noqa: PLC0415
     from minivit.replicas import Replicas  # noqa: PLC0415
@@ -265,8 +267,16 @@ def main(argv=None):
         if torch is not None:
             steps["torch"] = torch_steps(torch, from_minivit, model, x_host, y_host,
                                          torch_device)
+        # The floor: the step's matmuls alone, on this BLAS, as the replicas
+        # run them (each its slice of the batch on one core, all at once: the
+        # largest slice sets the time). No step of this model can be faster.
+        parts = replicas.slices(batch)
+        share = max(hi - lo for lo, hi in parts)
+        floor_runs = [matmuls_alone(matmul_shapes(mcfg, share, train=True), len(parts) > 1),
+                      matmuls_alone(matmul_shapes(mcfg, share), len(parts) > 1)]
+        steps["matmuls"] = (*floor_runs, backend.synchronize, lambda: None, lambda: None)
         # The contestants take turns (see ``interleaved``), so that a slow
-        # moment of the machine hurts both alike instead of whichever ran then.
+        # moment of the machine hurts all alike instead of whichever ran then.
         timings = {}
         for phase, index, set_mode in (("train", 0, 3), ("infer", 1, 4)):
             for who in steps:
@@ -275,6 +285,7 @@ def main(argv=None):
                                 args.reps, args.warmup)
             for who, t in times.items():
                 timings.setdefault(who, {})[phase] = summarise(t, batch)
+        floor = timings.pop("matmuls")
         model.train()
 
         def whole_batch_step():                   # the model alone: all activations here
@@ -283,16 +294,6 @@ def main(argv=None):
             optimizer.step()
 
         peak = measure_peak_memory(whole_batch_step, backend)
-
-        # The floor: the step's matmuls alone, on NumPy's BLAS, as the replicas
-        # run them (each its slice of the batch on one core, all at once: the
-        # largest slice sets the time). No step of this model can be faster.
-        parts = replicas.slices(batch)
-        share = max(hi - lo for lo, hi in parts)
-        with ops.blas_threads(1) if len(parts) > 1 else contextlib.nullcontext():
-            floor = {phase: summarise(time_matmuls(matmul_shapes(mcfg, share, phase == "train"),
-                                                   args.reps), batch)
-                     for phase in ("train", "infer")}
 
         entry = dict(model=mcfg, batch_size=batch, params=model.num_parameters(),
                      train=timings["minivit"]["train"], infer=timings["minivit"]["infer"],
