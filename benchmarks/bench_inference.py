@@ -10,7 +10,9 @@ loaded with ``minivit.pretrained.load_pretrained``); the PyTorch twin
 batch, eval mode, without gradients (``minivit.no_grad()`` /
 ``torch.no_grad()``), taking turns so that a slow moment of the machine
 hurts both alike. Printed per batch size: images/s, the ratio, and the
-largest absolute difference of their logits. minivit runs twice: ``model.forward``
+largest absolute difference of their logits, and the matmul floor: the
+forward's matmuls alone on this BLAS, as fast as minivit could possibly be
+("bound": that over PyTorch's images/s). minivit runs twice: ``model.forward``
 (threads within each operation) and, for batches of 8 or more,
 ``Replicas(model).logits`` (a model replica per core, each on a slice of the
 batch, as the Trainer evaluates; its logits are checked against the first).
@@ -171,7 +173,8 @@ def main(argv=None):
     import numpy as np  # noqa: PLC0415
 
     sys.path.insert(0, HERE)
-    from bench_train import machine_info, print_machine, time_it, write_json  # noqa: PLC0415
+    from bench_train import (machine_info, matmul_shapes, matmuls_alone,  # noqa: PLC0415
+                             print_machine, time_it, write_json)
 
     import minivit  # noqa: PLC0415
     from minivit.replicas import Replicas  # noqa: PLC0415
@@ -202,6 +205,11 @@ def main(argv=None):
                 with torch.no_grad():
                     return twin(xt)
             contestants["torch"] = theirs
+        # the matmul floor: the forward's products alone, as the replicas run
+        # them (each slice on a core of its own, at once) or, uncut, on every core
+        parts = replicas.slices(batch)
+        contestants["matmuls"] = matmuls_alone(
+            matmul_shapes(model.config, max(hi - lo for lo, hi in parts)), len(parts))
         times = {name: [] for name in contestants}
         for _ in range(2):                       # take turns, in two blocks each
             for name, fn in contestants.items():
@@ -216,6 +224,8 @@ def main(argv=None):
                 entry["ratio_replicas"] = (entry["replicas"]["images_per_s"]
                                            / entry["torch"]["images_per_s"])
             entry["max_abs_logit_diff"] = float(np.abs(ours() - theirs().numpy()).max())
+            # the best ratio these matmuls allow, all else free
+            entry["bound"] = entry["matmuls"]["images_per_s"] / entry["torch"]["images_per_s"]
         results["batches"][batch] = entry
     if args.memory:
         results["memory"] = {who: measure_memory(args, who)
@@ -226,7 +236,8 @@ def main(argv=None):
           f"{'weights ' + args.weights if args.weights else 'random weights'}), "
           f"float32, eval mode, no grad\n")
     header = (f"{'batch':>6}{'minivit img/s':>15}{'replicas img/s':>16}{'torch img/s':>13}"
-              f"{'ratio':>7}{'ratio (replicas)':>18}{'max |dlogit|':>14}")
+              f"{'ratio':>7}{'ratio (replicas)':>18}{'max |dlogit|':>14}"
+              f"{'matmuls img/s':>15}{'bound':>7}")
     print(header)
     print("-" * len(header))
     nan = float("nan")
@@ -236,10 +247,14 @@ def main(argv=None):
               f"{(r['images_per_s'] if r else nan):>16.2f}"
               f"{(t['images_per_s'] if t else nan):>13.2f}"
               f"{e.get('ratio', nan):>7.2f}{e.get('ratio_replicas', nan):>18.2f}"
-              f"{e.get('max_abs_logit_diff', nan):>14.2e}")
+              f"{e.get('max_abs_logit_diff', nan):>14.2e}"
+              f"{e['matmuls']['images_per_s']:>15.2f}{e.get('bound', nan):>7.2f}")
     print("\nminivit: model.forward (threads within each operation); replicas: "
           "Replicas(model).logits, a model replica per core on a slice of the batch "
-          "(as the Trainer evaluates); a batch under 8 images is not cut")
+          "(as the Trainer evaluates); a batch under 8 images is not cut.\nmatmuls: the "
+          "forward's matmuls alone on this BLAS, as the replicas (or, uncut, model.forward) "
+          "run them: the images/s if all else took no time; bound: that over PyTorch's "
+          "images/s, the best ratio these matmuls allow")
     if args.memory:
         print(f"\nresident memory, batch {max(args.batch)} (fresh process each):")
         for who, m in results["memory"].items():

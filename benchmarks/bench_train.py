@@ -16,12 +16,12 @@ the peak memory of a training step on the whole batch in one process
 activations between them).
 
 A second table gives each step's matmul floor: the step's matmuls alone
-(``matmul_shapes``, the products minivit runs, on this BLAS, each replica's
-slice of the batch on one core as the replicas run them), the images/s a
-step would reach if everything else took no time, that as a ratio to
-PyTorch's whole step ("bound": the best ratio these matmuls allow) and their
-share of minivit's own step (the rest is elementwise work, softmax,
-LayerNorm, AdamW and Python).
+(``matmul_shapes``, the products minivit runs, on this BLAS; each replica's
+slice of the batch on a core of its own, all at once, as the replicas run),
+timed in turns with the two steps; the images/s a step would reach if
+everything else took no time, that as a ratio to PyTorch's whole step
+("bound": the best ratio these matmuls allow), and their share of minivit's
+own step (the rest is elementwise work, softmax, LayerNorm, AdamW, Python).
 """
 
 from __future__ import annotations
@@ -133,30 +133,47 @@ def matmul_flops(cfg, batch_size):
     return sum(2 * count * m * k * n for count, m, k, n in matmul_shapes(cfg, batch_size))
 
 
-def matmuls_alone(shapes, one_thread=False):
+def matmuls_alone(shapes, copies=1):
     """A function that runs the products of ``shapes`` alone, one after
-    another, with ``xp.matmul`` into preallocated float32 outputs (BLAS on
-    one thread with ``one_thread``). One set of operands per distinct shape,
-    so small ones stay in cache: if anything this is faster than the step's
-    own matmuls, not slower."""
+    another, with ``xp.matmul`` into preallocated float32 outputs; with
+    ``copies`` > 1, that many at once, each on its own operands in a thread
+    of its own with BLAS on one thread, as the replicas run (NumPy releases
+    the GIL inside matmul). One set of operands per distinct shape, so small
+    ones stay in cache: if anything this is faster than the step's own
+    matmuls, not slower."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
     import numpy as np  # noqa: PLC0415
 
     from minivit import backend, ops  # noqa: PLC0415
     xp = backend.xp
     rng = np.random.default_rng(1)
-    operands = {}
-    for count, m, k, n in shapes:
-        if (count, m, k, n) not in operands:
-            lead = (count,) if count > 1 else ()
-            a, b = (backend.to_device(rng.standard_normal(lead + shape), "float32")
-                    for shape in ((m, k), (k, n)))
-            operands[count, m, k, n] = (a, b, xp.empty(lead + (m, n), dtype=a.dtype))
-    products = [operands[shape] for shape in shapes]
+
+    def products():
+        operands = {}
+        for count, m, k, n in shapes:
+            if (count, m, k, n) not in operands:
+                lead = (count,) if count > 1 else ()
+                a, b = (backend.to_device(rng.standard_normal(lead + shape), "float32")
+                        for shape in ((m, k), (k, n)))
+                operands[count, m, k, n] = (a, b, xp.empty(lead + (m, n), dtype=a.dtype))
+        return [operands[shape] for shape in shapes]
+
+    def run_one(work):
+        for a, b, out in work:
+            xp.matmul(a, b, out=out)
+
+    work = [products() for _ in range(copies)]
+    if copies == 1:
+        return lambda: run_one(work[0])
+    pool = ThreadPoolExecutor(max_workers=copies - 1)
 
     def run():
-        with ops.blas_threads(1) if one_thread else contextlib.nullcontext():
-            for a, b, out in products:
-                xp.matmul(a, b, out=out)
+        with ops.blas_threads(1):
+            others = [pool.submit(run_one, w) for w in work[1:]]
+            run_one(work[0])
+            for future in others:
+                future.result()
     return run
 
 
@@ -268,12 +285,12 @@ def main(argv=None):
             steps["torch"] = torch_steps(torch, from_minivit, model, x_host, y_host,
                                          torch_device)
         # The floor: the step's matmuls alone, on this BLAS, as the replicas
-        # run them (each its slice of the batch on one core, all at once: the
-        # largest slice sets the time). No step of this model can be faster.
+        # run them (each its slice of the batch on a core of its own, all at
+        # once). No step of this model can be faster.
         parts = replicas.slices(batch)
         share = max(hi - lo for lo, hi in parts)
-        floor_runs = [matmuls_alone(matmul_shapes(mcfg, share, train=True), len(parts) > 1),
-                      matmuls_alone(matmul_shapes(mcfg, share), len(parts) > 1)]
+        floor_runs = [matmuls_alone(matmul_shapes(mcfg, share, train=True), len(parts)),
+                      matmuls_alone(matmul_shapes(mcfg, share), len(parts))]
         steps["matmuls"] = (*floor_runs, backend.synchronize, lambda: None, lambda: None)
         # The contestants take turns (see ``interleaved``), so that a slow
         # moment of the machine hurts all alike instead of whichever ran then.
@@ -528,8 +545,8 @@ def print_floor(results):
     a step would reach if everything else took no time, that as a ratio to
     PyTorch's whole step (the best ratio these matmuls allow), and the share
     of minivit's own step they take."""
-    print("\nmatmuls alone (the step's products on this BLAS, each replica's slice on one "
-          "core):\nthe images/s if all else took no time, as a ratio to PyTorch's step, "
+    print("\nmatmuls alone (the step's products on this BLAS, each replica's slice on a core "
+          "of its own, at once):\nthe images/s if all else took no time, as a ratio to PyTorch's step, "
           "and their share of minivit's step")
     header = (f"{'config':<14}{'batch':>6}{'train ms':>10}{'img/s':>9}{'bound':>7}{'share':>7}"
               f"{'infer ms':>10}{'img/s':>9}{'bound':>7}{'share':>7}")

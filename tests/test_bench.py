@@ -123,8 +123,11 @@ def test_inference_benchmark_smoke(tmp_path, capsys, monkeypatch, use_torch):
         assert ("ratio" in entry) == use_torch
         assert ("replicas" in entry) == (batch == 8)         # 8 images: two slices of 4
         assert ("ratio_replicas" in entry) == (batch == 8 and use_torch)
+        assert entry["matmuls"]["images_per_s"] > 0
         if use_torch:
             assert entry["max_abs_logit_diff"] < 1e-4
+            assert entry["bound"] == pytest.approx(
+                entry["matmuls"]["images_per_s"] / entry["torch"]["images_per_s"])
     if use_torch:
         for who in ("minivit", "torch"):
             m = results["memory"][who]
