@@ -135,46 +135,92 @@ def matmul_flops(cfg, batch_size):
 
 def matmuls_alone(shapes, copies=1):
     """A function that runs the products of ``shapes`` alone, one after
-    another, with ``xp.matmul`` into preallocated float32 outputs; with
-    ``copies`` > 1, that many at once, each on its own operands in a thread
-    of its own with BLAS on one thread, as the replicas run (NumPy releases
-    the GIL inside matmul). One set of operands per distinct shape, so small
-    ones stay in cache: if anything this is faster than the step's own
-    matmuls, not slower."""
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+    another, with ``xp.matmul`` into preallocated float32 outputs. With
+    ``copies`` > 1, that many at once, as the replicas run: this process and
+    ``copies - 1`` forked ones (threads where fork is missing), each on its
+    own operands with BLAS on one thread. One set of operands per distinct
+    shape, so small ones stay in cache: if anything this is faster than the
+    step's own matmuls, not slower. ``.close()`` ends the others."""
+    from minivit import ops  # noqa: PLC0415
+    from minivit.replicas import _fork_available  # noqa: PLC0415
 
-    import numpy as np  # noqa: PLC0415
-
-    from minivit import backend, ops  # noqa: PLC0415
-    xp = backend.xp
-    rng = np.random.default_rng(1)
-
-    def products():
-        operands = {}
-        for count, m, k, n in shapes:
-            if (count, m, k, n) not in operands:
-                lead = (count,) if count > 1 else ()
-                a, b = (backend.to_device(rng.standard_normal(lead + shape), "float32")
-                        for shape in ((m, k), (k, n)))
-                operands[count, m, k, n] = (a, b, xp.empty(lead + (m, n), dtype=a.dtype))
-        return [operands[shape] for shape in shapes]
-
-    def run_one(work):
-        for a, b, out in work:
-            xp.matmul(a, b, out=out)
-
-    work = [products() for _ in range(copies)]
+    work = _operands(shapes)
     if copies == 1:
-        return lambda: run_one(work[0])
-    pool = ThreadPoolExecutor(max_workers=copies - 1)
+        run = lambda: _run_products(work)               # noqa: E731
+        run.close = lambda: None
+        return run
+    if _fork_available():                               # as the replicas: processes
+        import multiprocessing  # noqa: PLC0415
+        context = multiprocessing.get_context("fork")
+        conns, procs = [], []
+        for _ in range(copies - 1):
+            conn, theirs = context.Pipe()
+            procs.append(context.Process(target=_matmul_worker, args=(shapes, theirs),
+                                         daemon=True))
+            procs[-1].start()
+            conns.append(conn)
+        for conn in conns:
+            conn.recv()                                 # its operands are made
+
+        def others():
+            for conn in conns:
+                conn.send(True)
+            return lambda: [conn.recv() for conn in conns]
+
+        def close():
+            for conn, proc in zip(conns, procs):
+                conn.send(None)
+                proc.join()
+    else:                                               # threads (NumPy frees the GIL)
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+        pool = ThreadPoolExecutor(max_workers=copies - 1)
+        theirs = [_operands(shapes) for _ in range(copies - 1)]
+
+        def others():
+            futures = [pool.submit(_run_products, w) for w in theirs]
+            return lambda: [f.result() for f in futures]
+        close = pool.shutdown
 
     def run():
         with ops.blas_threads(1):
-            others = [pool.submit(run_one, w) for w in work[1:]]
-            run_one(work[0])
-            for future in others:
-                future.result()
+            wait = others()
+            _run_products(work)
+            wait()
+    run.close = close
     return run
+
+
+def _operands(shapes):
+    """[(a, b, out)] for ``shapes``: random float32, one set per distinct shape."""
+    import numpy as np  # noqa: PLC0415
+
+    from minivit import backend  # noqa: PLC0415
+    rng = np.random.default_rng(1)
+    operands = {}
+    for count, m, k, n in shapes:
+        if (count, m, k, n) not in operands:
+            lead = (count,) if count > 1 else ()
+            a, b = (backend.to_device(rng.standard_normal(lead + shape), "float32")
+                    for shape in ((m, k), (k, n)))
+            operands[count, m, k, n] = (a, b, backend.xp.empty(lead + (m, n), dtype=a.dtype))
+    return [operands[shape] for shape in shapes]
+
+
+def _run_products(work):
+    from minivit import backend  # noqa: PLC0415
+    for a, b, out in work:
+        backend.xp.matmul(a, b, out=out)
+
+
+def _matmul_worker(shapes, conn):
+    """A forked process of ``matmuls_alone``: its own operands, a run per message."""
+    from minivit import ops  # noqa: PLC0415
+    work = _operands(shapes)
+    conn.send(True)
+    with ops.blas_threads(1):
+        while conn.recv() is not None:
+            _run_products(work)
+            conn.send(True)
 
 
 def time_it(fn, reps, warmup, sync=lambda: None):
@@ -303,6 +349,8 @@ def main(argv=None):
             for who, t in times.items():
                 timings.setdefault(who, {})[phase] = summarise(t, batch)
         floor = timings.pop("matmuls")
+        for run in floor_runs:
+            run.close()
         model.train()
 
         def whole_batch_step():                   # the model alone: all activations here

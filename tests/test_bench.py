@@ -146,3 +146,21 @@ def test_no_reference_seconds_at_another_batch_size(monkeypatch):
                                 "--warmup", "0"])
     assert "ratio_train" in results["configs"]["mnist-s"]
     assert "reference_seconds_per_wall_second" not in results
+
+
+def test_matmuls_alone_runs_every_copy_and_ends_them():
+    """The matmul floor runs in as many processes at once as the replicas
+    (this one and forked ones), which close() ends."""
+    import multiprocessing
+    before = set(multiprocessing.active_children())
+    run = bench_train.matmuls_alone([(1, 8, 4, 3), (2, 3, 5, 2)], copies=3)
+    started = set(multiprocessing.active_children()) - before
+    assert len(started) == (2 if sys.platform == "linux" else 0)
+    run()
+    run()
+    run.close()
+    assert not any(p.is_alive() for p in started)
+    shapes = [(1, 8, 4, 3), (2, 3, 5, 2), (1, 8, 4, 3)]     # 2-D, stacked, the first again
+    operands = bench_train._operands(shapes)
+    assert operands[0] is operands[2]                   # one set per distinct shape
+    assert [out.shape for _, _, out in operands] == [(8, 3), (2, 3, 2), (8, 3)]
