@@ -9,11 +9,12 @@ loaded with ``minivit.pretrained.load_pretrained``); the PyTorch twin
 (``benchmarks/torch_vit.py``) gets the same weights, and both run the same
 batch, eval mode, without gradients (``minivit.no_grad()`` /
 ``torch.no_grad()``), taking turns so that a slow moment of the machine
-hurts both alike. Printed per batch size: images/s, the ratio, and the
-largest absolute difference of their logits, and the matmul floor: the
-forward's matmuls alone on this BLAS, as fast as minivit could possibly be
-("bound": that over PyTorch's images/s). minivit runs twice: ``model.forward``
-(threads within each operation) and, for batches of 8 or more,
+hurts all alike. Printed per batch size: images/s, the ratio, the largest
+absolute difference of their logits, and the matmul floor: the forward's
+matmuls alone on this BLAS, on every core (``bench_train.matmul_floor``), as
+fast as minivit could possibly be ("bound": that over PyTorch's images/s).
+minivit runs twice: ``model.forward`` (threads within each operation) and,
+for batches of 8 or more,
 ``Replicas(model).logits`` (a model replica per core, each on a slice of the
 batch, as the Trainer evaluates; its logits are checked against the first).
 
@@ -173,8 +174,8 @@ def main(argv=None):
     import numpy as np  # noqa: PLC0415
 
     sys.path.insert(0, HERE)
-    from bench_train import (machine_info, matmul_shapes, matmuls_alone,  # noqa: PLC0415
-                             print_machine, time_it, write_json)
+    from bench_train import (machine_info, matmul_floor, print_machine,  # noqa: PLC0415
+                             time_it, write_json)
 
     import minivit  # noqa: PLC0415
     from minivit.replicas import Replicas  # noqa: PLC0415
@@ -205,11 +206,9 @@ def main(argv=None):
                 with torch.no_grad():
                     return twin(xt)
             contestants["torch"] = theirs
-        # the matmul floor: the forward's products alone, as the replicas run
-        # them (each slice on a core of its own, at once) or, uncut, on every core
-        parts = replicas.slices(batch)
-        contestants["matmuls"] = matmuls_alone(
-            matmul_shapes(model.config, max(hi - lo for lo, hi in parts)), len(parts))
+        # the matmul floor: the forward's products alone, on every core
+        contestants["matmuls"] = matmul_floor(model.config, replicas.slices(batch),
+                                              args.threads)
         times = {name: [] for name in contestants}
         for _ in range(2):                       # take turns, in two blocks each
             for name, fn in contestants.items():
@@ -253,8 +252,8 @@ def main(argv=None):
     print("\nminivit: model.forward (threads within each operation); replicas: "
           "Replicas(model).logits, a model replica per core on a slice of the batch "
           "(as the Trainer evaluates); a batch under 8 images is not cut.\nmatmuls: the "
-          "forward's matmuls alone on this BLAS, as the replicas (or, uncut, model.forward) "
-          "run them: the images/s if all else took no time; bound: that over PyTorch's "
+          "forward's matmuls alone on this BLAS, each core a share: the images/s if all else "
+          "took no time; bound: that over PyTorch's "
           "images/s, the best ratio these matmuls allow")
     if args.memory:
         print(f"\nresident memory, batch {max(args.batch)} (fresh process each):")

@@ -133,6 +133,31 @@ def matmul_flops(cfg, batch_size):
     return sum(2 * count * m * k * n for count, m, k, n in matmul_shapes(cfg, batch_size))
 
 
+def matmul_floor(cfg, parts, threads, train=False):
+    """``matmuls_alone`` for a step of ``cfg`` on a batch cut into ``parts``
+    (``Replicas.slices``), as fast as the cores run its products: each
+    slice's on a core of its own, all at once, as the replicas run. A batch
+    in one slice runs the faster (timed here) of two ways: every product in
+    this process with BLAS's own threads, or every product split evenly
+    over ``threads`` processes (the stacked attention products by matrices,
+    the others by rows, as Linear splits its rows)."""
+    from minivit import backend  # noqa: PLC0415
+    shapes = matmul_shapes(cfg, max(hi - lo for lo, hi in parts), train)
+    if len(parts) > 1 or threads == 1 or backend.name != "numpy":
+        return matmuls_alone(shapes, len(parts))
+
+    def share(count, m, k, n):
+        if count >= threads:
+            return (-(-count // threads), m, k, n)
+        return (count, -(-m // threads), k, n)
+    ways = [matmuls_alone(shapes), matmuls_alone([share(*s) for s in shapes], threads)]
+    fastest = min(ways, key=lambda run: min(time_it(run, reps=3, warmup=1)))
+    for run in ways:
+        if run is not fastest:
+            run.close()
+    return fastest
+
+
 def matmuls_alone(shapes, copies=1):
     """A function that runs the products of ``shapes`` alone, one after
     another, with ``xp.matmul`` into preallocated float32 outputs. With
@@ -330,13 +355,9 @@ def main(argv=None):
         if torch is not None:
             steps["torch"] = torch_steps(torch, from_minivit, model, x_host, y_host,
                                          torch_device)
-        # The floor: the step's matmuls alone, on this BLAS, as the replicas
-        # run them (each its slice of the batch on a core of its own, all at
-        # once). No step of this model can be faster.
-        parts = replicas.slices(batch)
-        share = max(hi - lo for lo, hi in parts)
-        floor_runs = [matmuls_alone(matmul_shapes(mcfg, share, train=True), len(parts)),
-                      matmuls_alone(matmul_shapes(mcfg, share), len(parts))]
+        # The floor: the step's matmuls alone (see ``matmul_floor``).
+        floor_runs = [matmul_floor(mcfg, replicas.slices(batch), args.threads, train=True),
+                      matmul_floor(mcfg, replicas.slices(batch), args.threads)]
         steps["matmuls"] = (*floor_runs, backend.synchronize, lambda: None, lambda: None)
         # The contestants take turns (see ``interleaved``), so that a slow
         # moment of the machine hurts all alike instead of whichever ran then.
@@ -594,7 +615,7 @@ def print_floor(results):
     PyTorch's whole step (the best ratio these matmuls allow), and the share
     of minivit's own step they take."""
     print("\nmatmuls alone (the step's products on this BLAS, each replica's slice on a core "
-          "of its own, at once):\nthe images/s if all else took no time, as a ratio to PyTorch's step, "
+          "of its own, at once; see matmul_floor):\nthe images/s if all else took no time, as a ratio to PyTorch's step, "
           "and their share of minivit's step")
     header = (f"{'config':<14}{'batch':>6}{'train ms':>10}{'img/s':>9}{'bound':>7}{'share':>7}"
               f"{'infer ms':>10}{'img/s':>9}{'bound':>7}{'share':>7}")

@@ -164,3 +164,30 @@ def test_matmuls_alone_runs_every_copy_and_ends_them():
     operands = bench_train._operands(shapes)
     assert operands[0] is operands[2]                   # one set per distinct shape
     assert [out.shape for _, _, out in operands] == [(8, 3), (2, 3, 2), (8, 3)]
+
+
+def test_matmul_floor_shares_the_products_between_the_cores(monkeypatch):
+    """Several slices: each slice's products on a core of its own. One slice:
+    all products in one process, or each split over the cores (by matrices
+    when stacked, else by rows), whichever runs faster."""
+    cfg = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=6, depth=1,
+               heads=2, mlp_dim=10)
+    calls = []
+    real = bench_train.matmuls_alone
+
+    def spy(shapes, copies=1):
+        calls.append((shapes, copies))
+        return real(shapes, copies)
+
+    monkeypatch.setattr(bench_train, "matmuls_alone", spy)
+    for run in (bench_train.matmul_floor(cfg, [(0, 4), (4, 9)], threads=2, train=True),
+                bench_train.matmul_floor(cfg, [(0, 3)], threads=2)):
+        run()
+        run.close()
+    # one slice: both ways are built, the faster kept
+    (sliced, copies_sliced), (whole, copies_whole), (split, copies_split) = calls
+    assert copies_sliced == 2 and sliced == bench_train.matmul_shapes(cfg, 5, train=True)
+    assert copies_whole == 1 and whole == bench_train.matmul_shapes(cfg, 3)
+    assert copies_split == 2 and len(split) == len(whole)
+    for (count, m, k, n), share in zip(whole, split):
+        assert share == (((count + 1) // 2, m, k, n) if count >= 2 else (1, (m + 1) // 2, k, n))
