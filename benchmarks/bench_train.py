@@ -27,7 +27,6 @@ own step (the rest is elementwise work, softmax, LayerNorm, AdamW, Python).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -615,8 +614,8 @@ def print_floor(results):
     PyTorch's whole step (the best ratio these matmuls allow), and the share
     of minivit's own step they take."""
     print("\nmatmuls alone (the step's products on this BLAS, each replica's slice on a core "
-          "of its own, at once; see matmul_floor):\nthe images/s if all else took no time, as a ratio to PyTorch's step, "
-          "and their share of minivit's step")
+          "of its own, at once; see matmul_floor):\nthe images/s if all else took no time, "
+          "as a ratio to PyTorch's step, and their share of minivit's step")
     header = (f"{'config':<14}{'batch':>6}{'train ms':>10}{'img/s':>9}{'bound':>7}{'share':>7}"
               f"{'infer ms':>10}{'img/s':>9}{'bound':>7}{'share':>7}")
     print(header)
