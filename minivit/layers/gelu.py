@@ -78,8 +78,8 @@ def gelu_forward_kernel(x, y, dydx=None):
 def gelu_sigmoid_forward_kernel(x, y, dydx=None):
     """``gelu_forward_kernel`` computed through exp: y = x s, s = 1 / (1 + exp(-2u))."""
     xp = backend.xp
-    e = x * x
-    e *= -2.0 * SQRT_2_OVER_PI * COEFF
+    x2 = xp.multiply(x, x, out=dydx)         # x^2, in dydx's buffer if there is one
+    e = x2 * (-2.0 * SQRT_2_OVER_PI * COEFF)
     e -= 2.0 * SQRT_2_OVER_PI
     e *= x                                   # -2u
     with numpy.errstate(over="ignore"):      # x << 0: exp(-2u) = inf, so s = 0
@@ -89,8 +89,7 @@ def gelu_sigmoid_forward_kernel(x, y, dydx=None):
     if dydx is None:
         return
     xp.reciprocal(e, out=e)                  # s
-    xp.multiply(x, x, out=dydx)
-    dydx *= 6.0 * SQRT_2_OVER_PI * COEFF
+    dydx *= 6.0 * SQRT_2_OVER_PI * COEFF     # (dydx holds x^2)
     dydx += 2.0 * SQRT_2_OVER_PI             # 2 du/dx
     dydx *= y                                # A = x s 2 du/dx
     xp.subtract(1.0, e, out=e)               # 1 - s
