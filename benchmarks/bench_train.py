@@ -91,8 +91,10 @@ def matmul_shapes(cfg, batch_size, train=False):
     attention-weighted values, proj, fc1, fc2 and the head. With pool "cls"
     (the default) the last block computes one query token's scores, values,
     proj and MLP, not t (see ``minivit.vit``). Backward: dW = dy^T x and
-    dx = dy W for every Linear (no dx for the patch projection: nothing needs
-    the images' gradient), and four products per attention."""
+    dx = dy W for every Linear, and four products per attention. Left out:
+    the patch projection's dx, which ``PatchEmbed.backward`` computes (it
+    returns the images' gradient) but a training step does not need, so the
+    list is what a step must multiply, at most what minivit does."""
     m = cfg
     b = batch_size
     grid = m["image_size"] // m["patch_size"]
