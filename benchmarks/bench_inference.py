@@ -9,7 +9,9 @@ loaded with ``minivit.pretrained.load_pretrained``); the PyTorch twin
 (``benchmarks/torch_vit.py``) gets the same weights, and both run the same
 batch, eval mode, without gradients (``minivit.no_grad()`` /
 ``torch.no_grad()``), taking turns so that a slow moment of the machine
-hurts all alike. Printed per batch size: images/s, the ratio, the largest
+hurts all alike. PyTorch runs in a process of its own with glibc's malloc
+as it is (``torch_process.py``; minivit's process keeps freed memory for
+reuse, ``minivit.memory``). Printed per batch size: images/s, the ratio, the largest
 absolute difference of their logits, and the matmul floor: the forward's
 matmuls alone on this BLAS, on every core (``bench_train.matmul_floor``), as
 fast as minivit could possibly be ("bound": that over PyTorch's images/s).
@@ -160,7 +162,10 @@ def measure_memory(args, who):
            "--_memory-child", who]
     if args.weights:
         cmd += ["--weights", args.weights]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    env = os.environ.copy()
+    if who == "torch":                   # PyTorch as its users run it (see torch_process.py)
+        env["MINIVIT_KEEP_FREED_MEMORY"] = "0"
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"the {who} memory run failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -171,16 +176,27 @@ def main(argv=None):
     set_threads(args.threads)
     if args.memory_child:
         return memory_child(args)
-    import numpy as np  # noqa: PLC0415
-
     sys.path.insert(0, HERE)
+    from torch_process import TorchProcess, torch_available  # noqa: PLC0415
+
+    torch = TorchProcess(args.threads) if torch_available() else None
+    try:
+        return _run(args, torch)
+    finally:
+        if torch is not None:
+            torch.close()
+
+
+def _run(args, torch):
+    """The timed part of ``main``; ``torch``: the PyTorch process, or None."""
+    import numpy as np  # noqa: PLC0415
     from bench_train import (machine_info, matmul_floor, print_machine,  # noqa: PLC0415
                              time_it, write_json)
 
     import minivit  # noqa: PLC0415
     from minivit.replicas import Replicas  # noqa: PLC0415
-    model, twin, torch = build(args)
-    info = machine_info(torch, args.threads)
+    model, _, _ = build(args, with_torch=False)
+    info = machine_info(torch and torch.info, args.threads)
     results = dict(machine=info, model=args.model, weights=args.weights,
                    params=model.num_parameters(), batches={})
     size = model.config["image_size"]
@@ -193,29 +209,27 @@ def main(argv=None):
             with minivit.no_grad():
                 return model.forward(x)
 
-        contestants = {"minivit": ours}
+        # each contestant: (reps, warmup) -> seconds of each rep
+        contestants = {"minivit": lambda n, w: time_it(ours, n, w)}
         if len(replicas.slices(batch)) > 1:
             def ours_replicas():                 # a replica per core, each on a slice
                 with minivit.no_grad():
                     return replicas.logits(x)
-            contestants["replicas"] = ours_replicas
+            contestants["replicas"] = lambda n, w: time_it(ours_replicas, n, w)
         if torch is not None:
-            xt = torch.from_numpy(x)
-
-            def theirs():
-                with torch.no_grad():
-                    return twin(xt)
-            contestants["torch"] = theirs
+            torch.load(model, x, train=False)
+            torch.mode(False)
+            contestants["torch"] = lambda n, w: torch.time("infer", n, w)
         # the matmul floor: the forward's products alone, on every core
-        contestants["matmuls"] = matmul_floor(model.config, replicas.slices(batch),
-                                              args.threads)
+        floor = matmul_floor(model.config, replicas.slices(batch), args.threads)
+        contestants["matmuls"] = lambda n, w: time_it(floor, n, w)
         times = {name: [] for name in contestants}
         for _ in range(2):                       # take turns, in two blocks each
-            for name, fn in contestants.items():
-                times[name] += time_it(fn, reps=max(1, args.reps // 2), warmup=args.warmup)
+            for name, timer in contestants.items():
+                times[name] += timer(max(1, args.reps // 2), args.warmup)
         entry = {name: dict(median_s=statistics.median(t), images_per_s=batch / statistics.median(t))
                  for name, t in times.items()}
-        contestants["matmuls"].close()
+        floor.close()
         if "replicas" in entry:
             np.testing.assert_allclose(ours_replicas(), ours(), rtol=1e-4, atol=1e-5)
         if torch is not None:
@@ -223,7 +237,7 @@ def main(argv=None):
             if "replicas" in entry:
                 entry["ratio_replicas"] = (entry["replicas"]["images_per_s"]
                                            / entry["torch"]["images_per_s"])
-            entry["max_abs_logit_diff"] = float(np.abs(ours() - theirs().numpy()).max())
+            entry["max_abs_logit_diff"] = float(np.abs(ours() - torch.logits()).max())
             # the best ratio these matmuls allow, all else free
             entry["bound"] = entry["matmuls"]["images_per_s"] / entry["torch"]["images_per_s"]
         results["batches"][batch] = entry

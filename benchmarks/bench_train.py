@@ -7,8 +7,11 @@
 For each configuration: a training step (forward + backward + AdamW step) and
 an inference forward (eval mode, ``minivit.no_grad()``), timed after warm-up as the median (and min-max) of
 ``--reps`` repetitions. Where torch is installed, the same model is built in
-PyTorch from minivit's ``state_dict`` and timed in the same process with the
-same number of threads, and the ratio minivit / PyTorch is printed. Also
+PyTorch from minivit's ``state_dict`` and timed, in turns with minivit, with the
+same number of threads in a process of its own with glibc's malloc as it is
+(``torch_process.py``: minivit keeps freed memory in its process,
+``minivit.memory``, and PyTorch's users do not), and the ratio minivit /
+PyTorch is printed. Also
 printed: achieved GFLOP/s (matmul FLOPs of the model, counted analytically),
 the fraction of a large float32 matmul's GFLOP/s measured in this run, and
 the peak memory of a training step on the whole batch in one process
@@ -33,6 +36,7 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 
 CONFIGS = {
     "mnist-s": dict(model=dict(image_size=28, patch_size=7, in_channels=1, num_classes=10,
@@ -276,6 +280,27 @@ def main(argv=None):
                 "MINIVIT_NUM_THREADS"):
         os.environ[var] = str(args.threads)
 
+    from minivit import backend  # noqa: PLC0415
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from torch_process import TorchProcess, torch_available  # noqa: PLC0415
+
+    torch = None                                  # PyTorch's side, in a process of its own
+    if not args.no_torch and torch_available():
+        torch = TorchProcess(args.threads)
+    on_gpu = backend.name == "cupy"
+    torch_device = "cuda" if (on_gpu and torch is not None and torch.info["cuda"]) else "cpu"
+    if on_gpu and torch is not None and torch_device == "cpu":
+        torch.close()
+        torch = None  # comparing a GPU with PyTorch on the CPU would mislead
+    try:
+        return _run(args, torch, torch_device)
+    finally:
+        if torch is not None:
+            torch.close()
+
+
+def _run(args, torch, torch_device):
     import numpy as np  # noqa: PLC0415
 
     import minivit  # noqa: PLC0415
@@ -285,20 +310,7 @@ def main(argv=None):
     from minivit.replicas import Replicas  # noqa: PLC0415
     from minivit.vit import ViT  # noqa: PLC0415
 
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch  # noqa: PLC0415
-            torch.set_num_threads(args.threads)
-            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-            from torch_vit import from_minivit  # noqa: PLC0415
-        except ImportError:
-            torch = None
     on_gpu = backend.name == "cupy"
-    torch_device = "cuda" if (on_gpu and torch is not None and torch.cuda.is_available()) \
-        else "cpu"
-    if on_gpu and torch is not None and torch_device == "cpu":
-        torch = None  # comparing a GPU with PyTorch on the CPU would mislead
 
     configs = dict(CONFIGS)
     default = mnist_default_config()
@@ -320,12 +332,9 @@ def main(argv=None):
     matmul_gflops = 2 * size ** 3 / statistics.median(mm_times) / 1e9
     torch_matmul_gflops = None
     if torch is not None:
-        at = torch.from_numpy(backend.to_numpy(a)).to(torch_device)
-        tsync = torch.cuda.synchronize if torch_device == "cuda" else (lambda: None)
-        tt = time_it(lambda: at @ at, reps=5, warmup=2, sync=tsync)
-        torch_matmul_gflops = 2 * size ** 3 / statistics.median(tt) / 1e9
+        torch_matmul_gflops = torch.matmul_gflops(size, torch_device)
 
-    machine = machine_info(torch, args.threads, torch_device)
+    machine = machine_info(torch and torch.info, args.threads, torch_device)
     results = dict(machine=machine, matmul_gflops=matmul_gflops,
                    torch_matmul_gflops=torch_matmul_gflops, matmul_size=size, configs={})
 
@@ -352,26 +361,32 @@ def main(argv=None):
                 replicas.logits(x)
 
         flops = matmul_flops(mcfg, batch)
-        steps = {"minivit": (train_step, infer, backend.synchronize, model.train, model.eval)}
+        # Each contestant: phase -> (timer(reps, warmup) -> seconds, set its mode).
+        ours = {"train": (partial(_timer, train_step, backend.synchronize), model.train),
+                "infer": (partial(_timer, infer, backend.synchronize), model.eval)}
+        steps = {"minivit": ours}
         if torch is not None:
-            steps["torch"] = torch_steps(torch, from_minivit, model, x_host, y_host,
-                                         torch_device)
+            torch.load(model, x_host, y_host, torch_device)
+            steps["torch"] = {phase: (partial(torch.time, phase), partial(torch.mode, train))
+                              for phase, train in (("train", True), ("infer", False))}
         # The floor: the step's matmuls alone (see ``matmul_floor``).
-        floor_runs = [matmul_floor(mcfg, replicas.slices(batch), args.threads, train=True),
-                      matmul_floor(mcfg, replicas.slices(batch), args.threads)]
-        steps["matmuls"] = (*floor_runs, backend.synchronize, lambda: None, lambda: None)
+        floor_runs = {"train": matmul_floor(mcfg, replicas.slices(batch), args.threads,
+                                            train=True),
+                      "infer": matmul_floor(mcfg, replicas.slices(batch), args.threads)}
+        steps["matmuls"] = {phase: (partial(_timer, run, backend.synchronize), lambda: None)
+                            for phase, run in floor_runs.items()}
         # The contestants take turns (see ``interleaved``), so that a slow
         # moment of the machine hurts all alike instead of whichever ran then.
         timings = {}
-        for phase, index, set_mode in (("train", 0, 3), ("infer", 1, 4)):
+        for phase in ("train", "infer"):
             for who in steps:
-                steps[who][set_mode]()
-            times = interleaved({who: (s_[index], s_[2]) for who, s_ in steps.items()},
+                steps[who][phase][1]()
+            times = interleaved({who: s_[phase][0] for who, s_ in steps.items()},
                                 args.reps, args.warmup)
             for who, t in times.items():
                 timings.setdefault(who, {})[phase] = summarise(t, batch)
         floor = timings.pop("matmuls")
-        for run in floor_runs:
+        for run in floor_runs.values():
             run.close()
         model.train()
 
@@ -467,21 +482,21 @@ def numpy_simd() -> dict:
     return dict(baseline=baseline, found=found, avx512f=avx512, avx2=avx2, disabled=disabled)
 
 
-def machine_info(torch, threads, torch_device="cpu") -> dict:
-    """The facts a reader needs to compare tables from different machines."""
+def machine_info(torch_info, threads, torch_device="cpu") -> dict:
+    """The facts a reader needs to compare tables from different machines;
+    ``torch_info``: ``TorchProcess.info`` (PyTorch's version and CPU
+    capability), or None without PyTorch."""
     import numpy as np  # noqa: PLC0415
 
-    from minivit import backend  # noqa: PLC0415
+    from minivit import backend, memory  # noqa: PLC0415
+    torch_info = torch_info or {}
     info = dict(platform=platform.platform(), processor=platform.processor() or
                 platform.machine(), cpu_model=cpu_model(), cpu_count=os.cpu_count(),
                 threads=threads, backend=backend.name, numpy=np.__version__,
-                numpy_simd=numpy_simd(), torch=getattr(torch, "__version__", None),
-                torch_device=torch_device)
-    if torch is not None:
-        try:
-            info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-        except AttributeError:
-            pass
+                numpy_simd=numpy_simd(), torch=torch_info.get("version"),
+                torch_device=torch_device, keep_freed_memory=memory.is_kept())
+    if torch_info.get("cpu_capability"):
+        info["torch_cpu_capability"] = torch_info["cpu_capability"]
     if backend.name == "cupy":
         props = backend.xp.cuda.runtime.getDeviceProperties(0)
         info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) \
@@ -502,7 +517,8 @@ def print_machine(m) -> None:
           f"{'yes' if simd['avx2'] else 'no'}")
     print(f"torch {m['torch'] or '-'} ({m['torch_device']}"
           + (f", CPU capability {m['torch_cpu_capability']}" if m.get("torch_cpu_capability")
-             else "") + ")")
+             else "") + ", own process, glibc malloc defaults)"
+          + f"; minivit keeps freed memory: {'yes' if m.get('keep_freed_memory') else 'no'}")
 
 
 def measure_peak_memory(step, backend):
@@ -525,34 +541,14 @@ def measure_peak_memory(step, backend):
     return peak
 
 
-def torch_steps(torch, from_minivit, model, x_host, y_host, device):
-    """The PyTorch twin's (train_step, infer, sync, train_mode, eval_mode), same
-    weights, same batch, AdamW with the same decay groups."""
-    twin = from_minivit(model).to(device)
-    decay = [p for n, p in twin.named_parameters()
-             if p.requires_grad and p.ndim > 1 and n not in ("cls_token", "pos_embed")]
-    no_decay = [p for n, p in twin.named_parameters()
-                if p.requires_grad and not (p.ndim > 1 and n not in ("cls_token", "pos_embed"))]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-3)
-    x = torch.from_numpy(x_host).to(device)
-    y = torch.from_numpy(y_host).to(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(twin(x), y).backward()
-        opt.step()
-
-    def infer():
-        with torch.no_grad():
-            twin(x)
-
-    return train_step, infer, sync, twin.train, twin.eval
+def _timer(fn, sync, reps, warmup):
+    """``time_it`` as a contestant of ``interleaved``: (reps, warmup) -> seconds."""
+    return time_it(fn, reps, warmup, sync)
 
 
 def interleaved(contestants, reps, warmup, rounds=2):
-    """``{name: (fn, sync)}`` -> ``{name: [seconds, ...]}``.
+    """``{name: timer}`` -> ``{name: [seconds, ...]}``, ``timer(reps, warmup)``
+    returning the seconds of each rep (``_timer``, or another process's).
 
     The contestants take turns in blocks (``rounds`` blocks each, every block
     warmed up first), so a slow spell of the machine falls on both. Blocks
@@ -562,8 +558,8 @@ def interleaved(contestants, reps, warmup, rounds=2):
     times = {name: [] for name in contestants}
     per_round = [reps // rounds + (1 if r < reps % rounds else 0) for r in range(rounds)]
     for n in per_round:
-        for name, (fn, sync) in contestants.items():
-            times[name] += time_it(fn, n, warmup, sync)
+        for name, timer in contestants.items():
+            times[name] += timer(n, warmup)
     return times
 
 
