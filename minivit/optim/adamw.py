@@ -77,7 +77,7 @@ def adamw_kernel(p, g, m, v, lr, eps, wd, beta1, beta2, bias_correction1, bias_c
     m *= beta1
     m += tmp
     # v = beta2 * v + (1 - beta2) * g * g
-    xp.multiply(g, g, out=tmp)
+    xp.square(g, out=tmp)
     tmp *= 1.0 - beta2
     v *= beta2
     v += tmp
