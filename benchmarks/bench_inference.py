@@ -143,6 +143,9 @@ def memory_child(args):
         twin = None
     import gc  # noqa: PLC0415
     gc.collect()
+    # the weights' temporaries, freed but kept by minivit's process for reuse: given
+    # back, as load_pretrained does after loading a file (minivit.memory)
+    minivit.memory.release_freed_memory()
     reset_peak()                         # loading (float64 copies etc.) is not the forward
     loaded = current_rss_mb()
     for _ in range(2):

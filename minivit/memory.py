@@ -14,7 +14,8 @@ activations until backward), an inference forward all the more.
 from its heap (its largest such setting; NumPy gives bigger arrays huge pages
 anyway) and to keep up to 1 GiB of free heap instead of returning it. The
 price: the process's resident memory stays near its peak once reached, as a
-caching allocator's does. ``import minivit`` calls it, except with
+caching allocator's does (``release_freed_memory`` gives it back at once,
+after a one-time peak). ``import minivit`` calls it, except with
 ``MINIVIT_KEEP_FREED_MEMORY=0``; elsewhere than glibc (macOS, Windows, musl)
 it does nothing. It sets the whole process's malloc, PyTorch's and every
 other library's included: ``benchmarks/bench_train.py`` therefore runs
@@ -65,6 +66,18 @@ def keep_freed_memory() -> bool:
         return False
     _kept = True
     return True
+
+
+def release_freed_memory() -> bool:
+    """Give the free memory of the heap back to the system now (glibc's
+    ``malloc_trim``); True if any went back. For after a one-time peak, such as
+    converting a checkpoint (``minivit.pretrained.load_pretrained`` calls it),
+    so that the temporaries of loading do not stay resident."""
+    if glibc_version() is None:
+        return False
+    malloc_trim = ctypes.CDLL(None).malloc_trim
+    malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    return malloc_trim(0) == 1
 
 
 def is_kept() -> bool:

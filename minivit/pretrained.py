@@ -41,6 +41,7 @@ import warnings
 
 import numpy as np
 
+from minivit import memory
 from minivit.atomic import atomic_write
 from minivit.vit import ViT
 
@@ -464,6 +465,8 @@ def load_pretrained(path, preset: str | None = None, num_classes: int | None = N
     except ValueError as exc:
         raise WeightsError(f"{path} does not fit the model (pick the matching preset). "
                            f"{exc}") from None
+    del state                # the file's arrays, now copied into the model:
+    memory.release_freed_memory()   # give them back (minivit.memory keeps freed memory)
     return model.eval()
 
 

@@ -71,3 +71,24 @@ def test_without_glibc_nothing_is_set(monkeypatch):
     monkeypatch.setattr(memory, "glibc_version", lambda: None)
     assert memory.keep_freed_memory() is False
     assert not memory.is_kept()
+
+
+RSS_AFTER_RELEASE = """
+import numpy as np, minivit
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+blocks = [np.ones(5 << 20, np.float32) for _ in range(10)]   # 10 x 20 MB, from the heap
+del blocks
+kept = rss_mb()
+minivit.memory.release_freed_memory()
+print(kept, rss_mb())
+"""
+
+
+@glibc
+def test_release_gives_kept_memory_back():
+    out = _run(RSS_AFTER_RELEASE)
+    assert out.returncode == 0, out.stderr
+    kept, released = map(float, out.stdout.split())
+    assert kept - released > 150           # of the 200 MB freed and kept
