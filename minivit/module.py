@@ -77,21 +77,34 @@ class Parameter:
     """A trainable array and the gradient accumulated for it.
 
     ``requires_grad=False`` marks a fixed array (e.g. the sine-cosine position
-    embedding): it is saved in ``state_dict`` but not trained.
+    embedding): it is saved in ``state_dict`` but not trained; its ``grad`` is None.
     """
 
     def __init__(self, data, requires_grad: bool = True):
         self.data = data
         self.requires_grad = requires_grad
-        self.grad = backend.xp.zeros_like(data) if requires_grad else None
+        self._grad = None
+
+    @property
+    def grad(self):
+        """dL/d(data), as backward accumulates it: zeros of data's shape until
+        then, allocated when first asked for, so a model that only infers
+        holds no gradients (ViT-B/16: 330 MB fewer)."""
+        if self._grad is None and self.requires_grad:
+            self._grad = backend.xp.zeros_like(self.data)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = value
 
     @property
     def shape(self):
         return self.data.shape
 
     def zero_grad(self) -> None:
-        if self.grad is not None:
-            self.grad.fill(0)
+        if self._grad is not None:          # none yet: zero already
+            self._grad.fill(0)
 
     def __repr__(self) -> str:
         return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"

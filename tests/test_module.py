@@ -111,6 +111,27 @@ def test_train_eval_switch_reaches_every_module(f32):
     assert not np.array_equal(backend.to_numpy(a), backend.to_numpy(c))
 
 
+def test_gradients_are_allocated_when_first_needed(f32):
+    """A model that only infers holds no gradient arrays; asked for, a
+    gradient is zeros of its parameter's shape; backward fills every one."""
+    from minivit.loss import cross_entropy
+    model = ViT(dim=16, depth=2, heads=2, mlp_dim=16)
+    params = list(model.parameters())
+    x = randn(3, 1, 28, 28)
+    with minivit.no_grad():
+        model.forward(x)
+    model.zero_grad()
+    assert all(p._grad is None for p in params)
+    first = params[0].grad
+    assert first.shape == params[0].data.shape and not first.any()
+    assert params[0].grad is first                      # allocated once
+    _, dlogits = cross_entropy(model.forward(x), backend.to_device(np.array([1, 2, 3])))
+    model.backward(dlogits)
+    assert all(p._grad is not None and p.grad.any() for p in params)
+    model.zero_grad()
+    assert all(not p.grad.any() for p in params)
+
+
 def test_sincos_pos_embed_fixed_and_saved(f32):
     model = ViT(dim=16, depth=1, heads=2, mlp_dim=16, pos_embed="sincos")
     assert "pos_embed" in model.state_dict()
