@@ -182,16 +182,16 @@ def main(argv=None):
     sys.path.insert(0, HERE)
     from torch_process import TorchProcess, torch_available  # noqa: PLC0415
 
-    torch = TorchProcess(args.threads) if torch_available() else None
+    pytorch = TorchProcess(args.threads) if torch_available() else None
     try:
-        return _run(args, torch)
+        return _run(args, pytorch)
     finally:
-        if torch is not None:
-            torch.close()
+        if pytorch is not None:
+            pytorch.close()
 
 
-def _run(args, torch):
-    """The timed part of ``main``; ``torch``: the PyTorch process, or None."""
+def _run(args, pytorch):
+    """The timed part of ``main``; ``pytorch``: the PyTorch process, or None."""
     import numpy as np  # noqa: PLC0415
     from bench_train import (machine_info, matmul_floor, print_machine,  # noqa: PLC0415
                              time_it, write_json)
@@ -199,7 +199,7 @@ def _run(args, torch):
     import minivit  # noqa: PLC0415
     from minivit.replicas import Replicas  # noqa: PLC0415
     model, _, _ = build(args, with_torch=False)
-    info = machine_info(torch and torch.info, args.threads)
+    info = machine_info(pytorch and pytorch.info, args.threads)
     results = dict(machine=info, model=args.model, weights=args.weights,
                    params=model.num_parameters(), batches={})
     size = model.config["image_size"]
@@ -219,10 +219,10 @@ def _run(args, torch):
                 with minivit.no_grad():
                     return replicas.logits(x)
             contestants["replicas"] = lambda n, w: time_it(ours_replicas, n, w)
-        if torch is not None:
-            torch.load(model, x, train=False)
-            torch.mode(False)
-            contestants["torch"] = lambda n, w: torch.time("infer", n, w)
+        if pytorch is not None:
+            pytorch.load(model, x, train=False)
+            pytorch.mode(False)
+            contestants["torch"] = lambda n, w: pytorch.time("infer", n, w)
         # the matmul floor: the forward's products alone, on every core
         floor = matmul_floor(model.config, replicas.slices(batch), args.threads)
         contestants["matmuls"] = lambda n, w: time_it(floor, n, w)
@@ -235,18 +235,18 @@ def _run(args, torch):
         floor.close()
         if "replicas" in entry:
             np.testing.assert_allclose(ours_replicas(), ours(), rtol=1e-4, atol=1e-5)
-        if torch is not None:
+        if pytorch is not None:
             entry["ratio"] = entry["minivit"]["images_per_s"] / entry["torch"]["images_per_s"]
             if "replicas" in entry:
                 entry["ratio_replicas"] = (entry["replicas"]["images_per_s"]
                                            / entry["torch"]["images_per_s"])
-            entry["max_abs_logit_diff"] = float(np.abs(ours() - torch.logits()).max())
+            entry["max_abs_logit_diff"] = float(np.abs(ours() - pytorch.logits()).max())
             # the best ratio these matmuls allow, all else free
             entry["bound"] = entry["matmuls"]["images_per_s"] / entry["torch"]["images_per_s"]
         results["batches"][batch] = entry
     if args.memory:
         results["memory"] = {who: measure_memory(args, who)
-                             for who in (["minivit", "torch"] if torch is not None else ["minivit"])}
+                             for who in (["minivit", "torch"] if pytorch else ["minivit"])}
 
     print_machine(info)
     print(f"model {args.model} ({results['params'] / 1e6:.1f} M parameters, "

@@ -285,22 +285,22 @@ def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from torch_process import TorchProcess, torch_available  # noqa: PLC0415
 
-    torch = None                                  # PyTorch's side, in a process of its own
+    pytorch = None                                  # PyTorch's side, in a process of its own
     if not args.no_torch and torch_available():
-        torch = TorchProcess(args.threads)
+        pytorch = TorchProcess(args.threads)
     on_gpu = backend.name == "cupy"
-    torch_device = "cuda" if (on_gpu and torch is not None and torch.info["cuda"]) else "cpu"
-    if on_gpu and torch is not None and torch_device == "cpu":
-        torch.close()
-        torch = None  # comparing a GPU with PyTorch on the CPU would mislead
+    torch_device = "cuda" if (on_gpu and pytorch and pytorch.info["cuda"]) else "cpu"
+    if on_gpu and pytorch is not None and torch_device == "cpu":
+        pytorch.close()
+        pytorch = None  # comparing a GPU with PyTorch on the CPU would mislead
     try:
-        return _run(args, torch, torch_device)
+        return _run(args, pytorch, torch_device)
     finally:
-        if torch is not None:
-            torch.close()
+        if pytorch is not None:
+            pytorch.close()
 
 
-def _run(args, torch, torch_device):
+def _run(args, pytorch, torch_device):
     import numpy as np  # noqa: PLC0415
 
     import minivit  # noqa: PLC0415
@@ -331,10 +331,10 @@ def _run(args, torch, torch_device):
     mm_times = time_it(lambda: a @ a, reps=5, warmup=2, sync=backend.synchronize)
     matmul_gflops = 2 * size ** 3 / statistics.median(mm_times) / 1e9
     torch_matmul_gflops = None
-    if torch is not None:
-        torch_matmul_gflops = torch.matmul_gflops(size, torch_device)
+    if pytorch is not None:
+        torch_matmul_gflops = pytorch.matmul_gflops(size, torch_device)
 
-    machine = machine_info(torch and torch.info, args.threads, torch_device)
+    machine = machine_info(pytorch and pytorch.info, args.threads, torch_device)
     results = dict(machine=machine, matmul_gflops=matmul_gflops,
                    torch_matmul_gflops=torch_matmul_gflops, matmul_size=size, configs={})
 
@@ -365,9 +365,10 @@ def _run(args, torch, torch_device):
         ours = {"train": (partial(_timer, train_step, backend.synchronize), model.train),
                 "infer": (partial(_timer, infer, backend.synchronize), model.eval)}
         steps = {"minivit": ours}
-        if torch is not None:
-            torch.load(model, x_host, y_host, torch_device)
-            steps["torch"] = {phase: (partial(torch.time, phase), partial(torch.mode, train))
+        if pytorch is not None:
+            pytorch.load(model, x_host, y_host, torch_device)
+            steps["torch"] = {phase: (partial(pytorch.time, phase),
+                                      partial(pytorch.mode, train))
                               for phase, train in (("train", True), ("infer", False))}
         # The floor: the step's matmuls alone (see ``matmul_floor``).
         floor_runs = {"train": matmul_floor(mcfg, replicas.slices(batch), args.threads,
