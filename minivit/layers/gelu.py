@@ -96,7 +96,9 @@ def gelu_sigmoid_forward_kernel(x, y, dydx=None):
     w -= 4.0 * SQRT_2_OVER_PI                # 2 du/dx = -3 w - 4 sqrt(2/pi)
     w *= xp.subtract(x, y)                   # (x - y) 2 du/dx, x - y = x (1 - s)
     w += 1.0
-    w /= e                                   # dy/dx = s + x s (1 - s) 2 du/dx
+    w /= e                                   # dy/dx = (1 + (x - y) 2 du/dx) s
+
+
 def gelu_exact_forward_kernel(x, y, dydx=None):
     """Write y = x Phi(x) and, if a buffer is given, dydx = Phi + x phi(x)."""
     xp = backend.xp
