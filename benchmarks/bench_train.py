@@ -516,9 +516,11 @@ def print_machine(m) -> None:
              if simd["disabled"] else "")
           + f" -> AVX-512 {'yes' if simd['avx512f'] else 'no'}, AVX2 "
           f"{'yes' if simd['avx2'] else 'no'}")
-    print(f"torch {m['torch'] or '-'} ({m['torch_device']}"
-          + (f", CPU capability {m['torch_cpu_capability']}" if m.get("torch_cpu_capability")
-             else "") + ", own process, glibc malloc defaults)"
+    print(f"torch {m['torch'] or '-'}"
+          + (f" ({m['torch_device']}"
+             + (f", CPU capability {m['torch_cpu_capability']}"
+                if m.get("torch_cpu_capability") else "")
+             + ", own process, glibc malloc defaults)" if m["torch"] else "")
           + f"; minivit keeps freed memory: {'yes' if m.get('keep_freed_memory') else 'no'}")
 
 

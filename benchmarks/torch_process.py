@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing
 import os
+import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,8 +37,8 @@ class TorchProcess:
     def __init__(self, threads: int):
         context = multiprocessing.get_context("spawn")
         self._conn, theirs = context.Pipe()
-        # the child's environment: glibc's malloc as it is, minivit on the CPU
-        # (it only builds the twin from the weights)
+        # The child imports no minivit (the twin is built from plain arrays);
+        # should anything import it there, it leaves malloc alone and the GPU free.
         child_env = {"MINIVIT_KEEP_FREED_MEMORY": "0", "MINIVIT_BACKEND": "numpy"}
         saved = {k: os.environ.get(k) for k in child_env}
         os.environ.update(child_env)
@@ -131,7 +132,7 @@ def _serve(conn, threads):
         import torch
         torch.set_num_threads(threads)
         from bench_train import time_it
-        from torch_vit import TorchViT
+        from torch_vit import from_state_dict
     except Exception as e:                                  # noqa: BLE001
         conn.send((False, f"{type(e).__name__}: {e}"))
         return
@@ -157,12 +158,10 @@ def _serve(conn, threads):
                     (size, size)).astype(np.float32)).to(device)
                 sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
                 times = time_it(lambda: a @ a, reps=5, warmup=2, sync=sync)
-                result = 2 * size ** 3 / sorted(times)[2] / 1e9
+                result = 2 * size ** 3 / statistics.median(times) / 1e9
             elif command == "load":
                 config, state, x_host, y_host, device, train = args
-                twin = TorchViT(**config)
-                twin.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-                twin = twin.to(device)
+                twin = from_state_dict(config, state).to(device)
                 x = torch.from_numpy(x_host).to(device)
                 y = torch.from_numpy(y_host).to(device) if y_host is not None else None
                 steps = torch_steps(torch, twin, x, y, device, train)

@@ -110,9 +110,14 @@ class TorchViT(nn.Module):
 
 def from_minivit(model, dtype=torch.float32):
     """Build the twin of a minivit ViT and copy its weights (no name map needed)."""
-    twin = TorchViT(**model.config).to(dtype)
-    state = {k: torch.from_numpy(v).to(dtype) for k, v in model.state_dict().items()}
-    twin.load_state_dict(state)
+    return from_state_dict(model.config, model.state_dict(), dtype)
+
+
+def from_state_dict(config, state, dtype=torch.float32):
+    """The twin of ``ViT(**config)`` holding ``state`` (minivit's ``state_dict``:
+    NumPy arrays under timm's names)."""
+    twin = TorchViT(**config).to(dtype)
+    twin.load_state_dict({k: torch.from_numpy(v).to(dtype) for k, v in state.items()})
     return twin
 
 
