@@ -3,6 +3,7 @@
     python examples/attention_pretrained.py dog.jpg --weights ViT-B_16.npz
     python examples/attention_pretrained.py dog.jpg --weights model.safetensors \\
         --model vit_base_patch16_224 --labels imagenet_classes.txt
+    python examples/attention_pretrained.py --weights model.safetensors   # a sample photo
 
 Loads the weights with minivit's own layers (Google's .npz, timm's
 .safetensors, a .pth state dict, or a minivit checkpoint), runs the photo
@@ -10,13 +11,17 @@ through them, and writes ``attention_<photo>.png`` (into ``--out``, default
 the current folder): the photo, the last layer's CLS attention of every head,
 and the attention rollout through all layers (Abnar & Zuidema, 2020), the
 maps of the ViT paper's Figure 6. It also prints the top-5 classes (with
-names from ``--labels``, one class name per line, if given).
+names from ``--labels``, one class name per line, if given). Without a photo
+it uses the portrait of Grace Hopper that ships with matplotlib.
 
-The photo is prepared as timm prepares ImageNet evaluation images: the
-shorter side resized to image_size / crop_pct (bicubic), the centre cropped,
-then normalised with ``--mean``/``--std`` (0.5 for Google's and timm's
-augreg ViTs; use 0.485,0.456,0.406 / 0.229,0.224,0.225 for weights trained
-with ImageNet statistics).
+The photo is prepared exactly as timm prepares it for evaluation
+(:class:`minivit.pretrained.preprocess.EvalTransform`: the shorter side
+resized to floor(image_size / crop_pct), bicubic, the centre cropped, then
+normalised), with the preset's timm settings (``--model``; crop 0.9, mean and
+std 0.5 for every preset, and for Google's ViTs), or ``--crop-pct``,
+``--mean``, ``--std``; e.g. 0.485,0.456,0.406 / 0.229,0.224,0.225 for weights
+trained with ImageNet statistics. Transparency is dropped as timm's users'
+``convert("RGB")`` drops it (with a warning).
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 
 import numpy as np
 
 import minivit
 from minivit import viz
 from minivit.pretrained import PRESETS, WeightsError, load_pretrained
+from minivit.pretrained.preprocess import EvalTransform, ImageError, open_rgb
 
 
 def floats3(text):
@@ -41,43 +48,23 @@ def floats3(text):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("image", help="a photo (JPEG, PNG, ...)")
+    p.add_argument("image", nargs="?", default=None,
+                   help="a photo (JPEG, PNG, ...); default matplotlib's sample photo")
     p.add_argument("--weights", required=True, help="the checkpoint file")
     p.add_argument("--model", choices=tuple(PRESETS), default=None,
                    help="the architecture, if the file does not say (Google .npz files and "
                         "timm files are recognised from their tensors)")
     p.add_argument("--labels", default=None,
                    help="text file with one class name per line (e.g. ImageNet's 1000)")
-    p.add_argument("--mean", type=floats3, default=(0.5, 0.5, 0.5))
-    p.add_argument("--std", type=floats3, default=(0.5, 0.5, 0.5))
-    p.add_argument("--crop-pct", type=float, default=0.9,
-                   help="centre crop fraction, as timm's eval transform; default %(default)s")
+    p.add_argument("--mean", type=floats3, default=None,
+                   help="normalisation mean (default: the preset's timm value, 0.5)")
+    p.add_argument("--std", type=floats3, default=None,
+                   help="normalisation std (default: the preset's timm value, 0.5)")
+    p.add_argument("--crop-pct", type=float, default=None,
+                   help="centre crop fraction of timm's eval transform (default: the "
+                        "preset's, 0.9)")
     p.add_argument("--out", default=".", help="output folder; default the current one")
     return p.parse_args(argv)
-
-
-def load_photo(path: str, size: int, crop_pct: float) -> np.ndarray:
-    """RGB float (3, size, size) in [0, 1]: resize the shorter side, crop the centre."""
-    try:
-        from PIL import Image  # noqa: PLC0415
-    except ImportError:
-        raise SystemExit("attention_pretrained.py needs Pillow: pip install -e '.[plot]'") \
-            from None
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            short = int(round(size / crop_pct))
-            w, h = img.size
-            scale = short / min(w, h)
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                             Image.BICUBIC)
-            w, h = img.size
-            left, top = (w - size) // 2, (h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-            return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"attention_pretrained.py: error: cannot read {path} as an "
-                         f"image: {exc}") from None
 
 
 def read_labels(path, num_classes):
@@ -91,21 +78,49 @@ def read_labels(path, num_classes):
     return names
 
 
+def sample_photo() -> str:
+    """The photo that ships with matplotlib (Grace Hopper, 512 x 600)."""
+    try:
+        from matplotlib import cbook  # noqa: PLC0415
+    except ImportError:
+        raise SystemExit("attention_pretrained.py: error: give a photo, or install "
+                         "matplotlib (the [plot] extra) for its sample photo") from None
+    return cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+
+
+def eval_transform(args, model) -> EvalTransform:
+    """timm's evaluation transform for the model: the preset's settings (every
+    preset, and Google's ViTs, use crop 0.9, bicubic, mean = std = 0.5), with
+    the options given on the command line in their place."""
+    size = model.config["image_size"]
+    base = EvalTransform.for_preset(args.model, size) if args.model else EvalTransform(size)
+    return replace(base, **{k: v for k, v in dict(crop_pct=args.crop_pct, mean=args.mean,
+                                                    std=args.std).items() if v is not None})
+
+
 def main(argv=None) -> dict:
     """Run the script; returns the figure's path and the top-5 (index, probability)."""
     args = parse_args(argv)
+    if args.image is None:
+        args.image = sample_photo()
+        print(f"no photo given: using matplotlib's sample photo {args.image}")
     try:
+        photo = open_rgb(args.image)                 # fail before loading big weights
         model = load_pretrained(args.weights, preset=args.model)
-    except (WeightsError, FileNotFoundError) as exc:
+    except (WeightsError, ImageError, FileNotFoundError, ImportError) as exc:
         raise SystemExit(f"attention_pretrained.py: error: {exc}") from None
     cfg = model.config
     if cfg["in_channels"] != 3:
         raise SystemExit(f"attention_pretrained.py: error: {args.weights} takes "
                          f"{cfg['in_channels']}-channel images, not RGB photos")
+    if min(photo.size) < cfg["patch_size"]:
+        raise SystemExit(f"attention_pretrained.py: error: {args.image} is "
+                         f"{photo.width}x{photo.height} pixels: smaller than one "
+                         f"{cfg['patch_size']}-pixel patch; use a larger image")
     names = read_labels(args.labels, cfg["num_classes"])
-    photo = load_photo(args.image, cfg["image_size"], args.crop_pct)   # (3, S, S)
-    x = (photo - np.array(args.mean, np.float32)[:, None, None]) \
-        / np.array(args.std, np.float32)[:, None, None]
+    transform = eval_transform(args, model)
+    crop = transform.to_tensor(transform.resize_and_crop(photo))     # (3, S, S) in [0, 1]
+    x = transform.normalize(crop)
     with minivit.no_grad():                          # attention maps are still kept
         probs = viz.predict_probs(model, x[None], batch_size=1)[0]
     top = np.argsort(probs)[::-1][:5]
@@ -115,11 +130,11 @@ def main(argv=None) -> dict:
 
     stem = os.path.splitext(os.path.basename(args.image))[0]
     path = viz.plot_attention(
-        photo[None], viz.cls_attention(model), viz.attention_rollout(model),
+        crop[None], viz.cls_attention(model), viz.attention_rollout(model),
         os.path.join(args.out, f"attention_{stem}.png"), preds=top[:1],
         class_names=names)
     print(path)
-    return dict(path=path, top5=[(int(k), float(probs[k])) for k in top])
+    return dict(path=path, top5=[(int(k), float(probs[k])) for k in top], probs=probs)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,20 @@ def test_attention_of_a_pretrained_model_on_a_photo(tmp_path, capsys):
         example.main([str(tmp_path / "not_an_image.png"), "--weights", path])
     with pytest.raises(SystemExit, match="not.*checkpoint|cannot|error"):
         example.main([str(photo), "--weights", str(photo)])
+    Image.fromarray(rng.integers(0, 255, (30, 6, 3), dtype=np.uint8)).save(tmp_path / "thin.png")
+    with pytest.raises(SystemExit, match=r"thin.png is 6x30 pixels: smaller than one 8-pixel"):
+        example.main([str(tmp_path / "thin.png"), "--weights", path])
+
+
+def test_attention_example_without_a_photo_uses_matplotlibs(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("PIL.Image")
+    path = _weights(tmp_path, image_size=32, patch_size=8, num_classes=4)
+    result = _example("attention_pretrained").main(["--weights", path, "--out", str(tmp_path),
+                                                    "--crop-pct", "0.875"])
+    assert result["path"].endswith("attention_grace_hopper.png")
+    assert "no photo given: using matplotlib's sample photo" in capsys.readouterr().out
+    assert len(result["top5"]) == 4
 
 
 def test_images_are_resized_for_a_patch_size_that_does_not_divide_them(tmp_path, capsys):

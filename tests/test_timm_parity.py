@@ -1,7 +1,7 @@
 """minivit against timm itself, on the same files (optional: needs torch and timm).
 
-Skipped where timm is not installed (the CPU CI machine has no timm); run it
-where it is: ``python -m pytest tests/test_timm_parity.py``.
+Skipped where timm is not installed. CI runs it in a separate virtual
+environment with ``timm==1.0.31`` (and its torch and torchvision); see ``.ci/run``.
 """
 
 from __future__ import annotations
@@ -74,3 +74,36 @@ def _save(tmp_path, model):
     safetensors_torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                                 str(path))
     return path
+
+
+def test_attention_example_gives_timms_top5_on_a_photo(tmp_path, capsys):
+    """The example's preprocessing and model against timm's whole pipeline
+    (resolve_data_config + create_transform + the model) on a real photo."""
+    import importlib.util
+    import os
+
+    from matplotlib import cbook
+    from PIL import Image
+    name = "vit_tiny_patch16_224"
+    model = _timm_model(name, seed=3)
+    with torch.no_grad():                      # a peaked softmax: the input matters
+        model.head.weight.mul_(10.0)
+    path = _save(tmp_path, model)
+    photo = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    cfg = timm.data.resolve_data_config({}, model=model)
+    transform = timm.data.create_transform(**cfg)
+    with Image.open(photo) as img, torch.no_grad():
+        x = transform(img.convert("RGB"))[None]
+        want = torch.softmax(model(x), dim=-1)[0].double().numpy()
+    spec = importlib.util.spec_from_file_location(
+        "attention_pretrained",
+        os.path.join(os.path.dirname(__file__), "..", "examples", "attention_pretrained.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    got = example.main(["--weights", str(path), "--model", name, "--out", str(tmp_path)])
+    top = np.argsort(want)[::-1][:5]
+    assert [k for k, _ in got["top5"]] == [int(k) for k in top]
+    np.testing.assert_allclose([p for _, p in got["top5"]], want[top], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got["probs"], want, rtol=0, atol=1e-4)
+    assert want[top[0]] > 0.2 and want[top[4]] > 0.01     # peaked, yet five real classes
+    assert "using matplotlib's sample photo" in capsys.readouterr().out

@@ -4,7 +4,10 @@ One concern per module:
 
 * :mod:`~minivit.pretrained.presets`: :data:`PRESETS` and :func:`create_model`
   (``vit_tiny_patch16_224`` ... ``vit_large_patch16_224`` with timm's
-  hyper-parameters, creatable without weights);
+  hyper-parameters, creatable without weights) and :data:`PRETRAINED_CFG`
+  (how timm prepares images for each);
+* :mod:`~minivit.pretrained.preprocess`: :class:`EvalTransform`, timm's
+  evaluation transform pixel for pixel, and :func:`open_rgb` for photos;
 * :mod:`~minivit.pretrained.formats`: :func:`load_weights` reads a checkpoint
   into a timm-named state dict: timm/Hugging Face ``.safetensors``, Google's
   original ``.npz``, PyTorch ``.pth`` (where torch is installed) and
@@ -26,11 +29,13 @@ from minivit.pretrained.errors import WeightsError
 from minivit.pretrained.formats import load_weights
 from minivit.pretrained.google import from_google, to_google
 from minivit.pretrained.loading import config_from_state_dict, load_pretrained, save_weights
-from minivit.pretrained.presets import PRESETS, create_model
+from minivit.pretrained.preprocess import EvalTransform, ImageError, open_rgb
+from minivit.pretrained.presets import PRESETS, PRETRAINED_CFG, create_model
 from minivit.pretrained.resample import RESAMPLE_MODES, resample_pos_embed, resampling_weights
 
 __all__ = [
     "PRESETS",
+    "PRETRAINED_CFG",
     "WeightsError",
     "create_model",
     "load_weights",
@@ -42,4 +47,7 @@ __all__ = [
     "RESAMPLE_MODES",
     "from_google",
     "to_google",
+    "EvalTransform",
+    "ImageError",
+    "open_rgb",
 ]
