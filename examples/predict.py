@@ -1,6 +1,8 @@
-"""Classify your own images with a trained ViT checkpoint.
+"""Classify your own images with a trained ViT checkpoint or pretrained weights.
 
     python examples/predict.py --checkpoint runs/mnist/best.npz digit1.png digit2.png --top 3
+    python examples/predict.py --weights vit_base.safetensors --model vit_base_patch16_224 \\
+        --labels imagenet_classes.txt photo.jpg
 
 For each file it prints the ``--top`` most likely classes with their
 probabilities. Any image Pillow reads works (PNG, JPEG, ...; grayscale,
@@ -23,6 +25,17 @@ RGB, palette, with or without transparency, 8 or 16 bit). Each image is
 Class names come from the checkpoint (an image folder's subfolder names, or
 the dataset's own names, e.g. Fashion-MNIST's "Ankle boot").
 
+Photo models from pretrained weights are different: their images are
+prepared exactly as timm prepares them for evaluation
+(:class:`minivit.pretrained.preprocess.EvalTransform`: shorter side resized to
+floor(S / crop_pct) bicubic, centre crop, the preset's mean and std; alpha
+dropped as timm's users' ``convert("RGB")`` drops it). That is the case for
+``--weights FILE`` (timm's ``.safetensors``, Google's ``.npz``, ...; class
+names from ``--labels``), and for a checkpoint fine-tuned from such weights
+on an image folder (``examples/finetune.py`` prepares the folder the same
+way), recognised by its model: 3 channels and the exact GELU of timm's
+architectures (``preprocess.is_timm_photo_model``).
+
 Tip: MNIST digits fill about 20 x 20 pixels of the 28 x 28 frame, centred.
 A digit cropped tight to its edges, or a tiny one in a big empty image,
 is out of distribution; leave a margin of about a fifth of its size.
@@ -39,6 +52,8 @@ import sys
 import numpy as np
 
 from minivit import data, viz
+from minivit.pretrained import PRESETS, WeightsError, load_pretrained
+from minivit.pretrained import preprocess
 
 INVERT_CHOICES = ("auto", "yes", "no")
 
@@ -144,6 +159,14 @@ def parse_args(argv=None):
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--checkpoint", default="runs/mnist/best.npz",
                    help="trainer checkpoint (.npz); default %(default)s")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="pretrained weights instead of a checkpoint (.safetensors, Google "
+                        ".npz, .pth): images prepared as timm's eval transform")
+    p.add_argument("--model", choices=tuple(PRESETS), default=None,
+                   help="with --weights: the architecture and its timm settings, if the "
+                        "file does not say")
+    p.add_argument("--labels", default=None,
+                   help="with --weights: text file with one class name per line")
     p.add_argument("--top", type=int, default=3, help="classes to show per image; "
                    "default %(default)s")
     p.add_argument("--invert", choices=INVERT_CHOICES, default="auto",
@@ -155,37 +178,85 @@ def parse_args(argv=None):
     return args
 
 
+def read_labels(path, num_classes: int) -> list[str]:
+    """One class name per line (``--labels``), or "0", "1", ... without a file."""
+    if path is None:
+        return [str(k) for k in range(num_classes)]
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if len(names) != num_classes:
+        raise SystemExit(f"predict.py: error: {path} has {len(names)} class names, the "
+                         f"model's head has {num_classes} classes")
+    return names
+
+
+def fine_tuned_photo_transform(config: dict):
+    """timm's eval transform for a checkpoint fine-tuned from pretrained weights
+    on an image folder (3 channels, exact GELU: the presets' architecture),
+    with the checkpoint's mean and std; None for every other checkpoint."""
+    mcfg = config["model"]
+    if config.get("dataset") != "imagefolder" or not preprocess.is_timm_photo_model(mcfg):
+        return None
+    return preprocess.EvalTransform(mcfg["image_size"], mean=tuple(config["mean"]),
+                                    std=tuple(config["std"]))
+
+
+def _from_weights(args):
+    """(model, class names, transform) for ``--weights``."""
+    try:
+        model = load_pretrained(args.weights, preset=args.model, log=lambda *a: None)
+    except (WeightsError, FileNotFoundError, ImportError) as exc:
+        raise SystemExit(f"predict.py: error: {exc}") from None
+    mcfg = model.config
+    if mcfg["in_channels"] != 3:
+        raise SystemExit(f"predict.py: error: {args.weights} takes {mcfg['in_channels']}-"
+                         "channel images; --weights is for RGB photo models")
+    size = mcfg["image_size"]
+    transform = (preprocess.EvalTransform.for_preset(args.model, size) if args.model
+                 else preprocess.EvalTransform(size))
+    return model, read_labels(args.labels, mcfg["num_classes"]), transform
+
+
 def main(argv=None) -> list[dict]:
     """Run the script; returns one ``{"path", "inverted", "top": [(name, prob)]}`` per image."""
     args = parse_args(argv)
     _pil()                                  # fail early, before loading the model
-    try:
-        model, config = viz.load_model(args.checkpoint)
-    except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"predict.py: error: {exc}") from None
-
-    mcfg = config["model"]
-    dataset = str(config.get("dataset", "mnist"))
-    try:
-        info = data.get_dataset_info(dataset)
-    except ValueError:                      # an image folder: no registry entry
-        info = None
-    mean = config.get("mean", info.mean if info else 0.0)
-    std = config.get("std", info.std if info else 1.0)
-    names = [str(n) for n in config.get("class_names") or (info.class_names if info else [])]
-    if len(names) != mcfg.get("num_classes", len(names)):
-        names = [str(k) for k in range(mcfg["num_classes"])]
-    # light objects on dark (MNIST-style): pad, don't stretch; invert dark-on-light
-    fit = "pad" if (info is not None and info.light_on_dark) else "resize"
+    info = mean = std = fit = None
+    if args.weights:
+        model, names, transform = _from_weights(args)
+        mcfg = model.config
+    else:
+        try:
+            model, config = viz.load_model(args.checkpoint)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"predict.py: error: {exc}") from None
+        mcfg = config["model"]
+        dataset = str(config.get("dataset", "mnist"))
+        try:
+            info = data.get_dataset_info(dataset)
+        except ValueError:                      # an image folder: no registry entry
+            info = None
+        mean = config.get("mean", info.mean if info else 0.0)
+        std = config.get("std", info.std if info else 1.0)
+        names = [str(n) for n in config.get("class_names") or (info.class_names if info else [])]
+        if len(names) != mcfg.get("num_classes", len(names)):
+            names = [str(k) for k in range(mcfg["num_classes"])]
+        # light objects on dark (MNIST-style): pad, don't stretch; invert dark-on-light
+        fit = "pad" if (info is not None and info.light_on_dark) else "resize"
+        transform = fine_tuned_photo_transform(config)
 
     # Read every file first, so all bad paths are reported in one go.
     inputs, flags, problems = [], [], []
     for path in args.images:
         try:
-            x, inverted = load_image(path, mcfg.get("image_size", 28),
-                                     mcfg.get("in_channels", 1), mean, std, args.invert,
-                                     fit)
-        except ImageError as exc:
+            if transform is not None:           # a pretrained photo model: timm's way
+                x, inverted = preprocess.load_image(path, transform,
+                                                    min_side=mcfg["patch_size"])[0], False
+            else:
+                x, inverted = load_image(path, mcfg.get("image_size", 28),
+                                         mcfg.get("in_channels", 1), mean, std, args.invert,
+                                         fit)
+        except (ImageError, preprocess.ImageError) as exc:
             problems.append(str(exc))
             continue
         inputs.append(x)

@@ -26,7 +26,10 @@ from minivit.data import (
     load_image_folder,
     normalize,
 )
-from minivit.pretrained import WeightsError, create_model, load_pretrained
+from minivit.pretrained import PRESETS as PRESETS_TIMM
+from minivit.pretrained import EvalTransform, WeightsError, create_model, load_pretrained
+from minivit.pretrained.formats import file_config
+from minivit.pretrained.preprocess import is_timm_photo_model
 from minivit.reporting import format_duration
 from minivit.train import NonFiniteLossError, Trainer
 from minivit.vit import POOLS, POS_EMBEDS, ViT
@@ -90,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="imagefolder: 1 = greyscale, 3 = RGB")
     g.add_argument("--mean", type=floats, default=None,
                    help="imagefolder: normalisation mean on the [0, 1] scale, one value "
-                        "or one per channel (default: measured on the training images)")
+                        "or one per channel (default: measured on the training images; "
+                        "for a timm model, its own)")
     g.add_argument("--std", type=floats, default=None,
                    help="imagefolder: normalisation std, like --mean")
     g.add_argument("--test-fraction", type=float, default=0.1,
@@ -260,6 +264,23 @@ def build_model(args, train, test, names, say=print):
     return model, train, test
 
 
+def pretrained_photo_transform(args) -> EvalTransform | None:
+    """timm's evaluation transform, for an RGB image folder and a timm model
+    (``--model``, or ``--weights`` of a timm architecture: see
+    :func:`~minivit.pretrained.preprocess.is_timm_photo_model`), at
+    ``--image-size`` or the preset's size; None otherwise. Both splits are
+    prepared with it, as examples/predict.py prepares photos for the model."""
+    if args.dataset != IMAGE_FOLDER or args.channels != 3 or not (args.weights or args.model):
+        return None
+    preset = args.model if args.model in PRESETS_TIMM else None
+    config = PRESETS_TIMM[preset] if preset else file_config(args.weights) if args.weights \
+        else None
+    if not is_timm_photo_model(config or {"in_channels": 3, "gelu": "exact"}):
+        return None          # a from-scratch minivit checkpoint: read as it was trained
+    size = args.image_size or (PRESETS_TIMM[preset]["image_size"] if preset else 224)
+    return EvalTransform.for_preset(preset, size) if preset else EvalTransform(size)
+
+
 def load_data(args, quiet: bool | None = None):
     """Load, subset and normalise the data the options ask for (``quiet``:
     no download messages; default ``args.quiet``).
@@ -273,13 +294,19 @@ def load_data(args, quiet: bool | None = None):
         if args.data_dir is None:
             raise DataError("--dataset imagefolder needs --data-dir: a folder with one "
                             "subfolder of images per class")
+        photos = pretrained_photo_transform(args)
+        if photos is not None and not (args.quiet if quiet is None else quiet):
+            print(f"images prepared as timm's eval transform for a pretrained model: shorter "
+                  f"side {photos.scale_size} ({photos.interpolation}), centre crop "
+                  f"{photos.image_size}, mean {photos.mean}, std {photos.std}")
         folder = load_image_folder(args.data_dir, args.image_size, args.channels,
-                                   args.test_fraction, args.seed)
+                                   args.test_fraction, args.seed,
+                                   prepare=photos.resize_and_crop if photos else None)
         x_train, y_train, x_test, y_test = folder[:4]
         names, evaluated_on = folder.class_names, f"test images: {folder.test_source}"
-        measured = channel_stats(x_train)
-        mean = args.mean if args.mean is not None else measured[0]
-        std = args.std if args.std is not None else measured[1]
+        default = (photos.mean, photos.std) if photos else channel_stats(x_train)
+        mean = args.mean if args.mean is not None else default[0]
+        std = args.std if args.std is not None else default[1]
     else:
         info = get_dataset_info(args.dataset)
         x_train, y_train, x_test, y_test = load_dataset(

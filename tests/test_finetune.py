@@ -161,3 +161,82 @@ def test_images_are_resized_for_a_patch_size_that_does_not_divide_them(tmp_path,
     assert run(argv) == 1
     assert "resize them with --image-size" in capsys.readouterr().err
     assert run(argv + ["--image-size", "32"]) == 0
+
+
+def _photo_folder(tmp_path):
+    """Two classes of crops of a real photo, of different sizes and shapes."""
+    cbook = pytest.importorskip("matplotlib.cbook")
+    Image = pytest.importorskip("PIL.Image")
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as img:
+        photo = img.convert("RGB")
+    root = tmp_path / "photos"
+    files = []
+    for k, name in enumerate(("face", "uniform")):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            box = (40 * i, 60 * k + 10 * i, 40 * i + 200 + 17 * i, 60 * k + 150 + 30 * i)
+            files.append(root / name / f"{i}.png")
+            photo.crop(box).save(files[-1])
+    return root, files
+
+
+def test_finetune_on_photos_prepares_them_as_timm_and_predict_agrees(tmp_path, capsys):
+    """A timm architecture fine-tuned on an image folder: both splits go through
+    timm's eval transform with mean = std = 0.5, and predict.py prepares a photo
+    for the fine-tuned checkpoint the same way."""
+    from minivit.cli import main
+    from minivit.pretrained.preprocess import EvalTransform, load_image
+    root, files = _photo_folder(tmp_path)
+    weights = _weights(tmp_path)                          # 16 px, exact GELU, RGB
+    out = tmp_path / "run"
+    trainer = main(["--weights", weights, "--dataset", "imagefolder", "--data-dir", str(root),
+                    "--image-size", "16", "--test-fraction", "0.4", "--epochs", "1",
+                    "--batch-size", "4", "--no-augment", "--quiet", "--out", str(out)])
+    transform = EvalTransform(16)
+    assert transform.scale_size == 17
+    assert list(trainer.mean) == [0.5] * 3 and list(trainer.std) == [0.5] * 3
+    inputs = np.stack([load_image(f, transform)[0] for f in files])
+    seen = np.concatenate([trainer.x_train, trainer.x_test])
+    assert len(seen) == len(files)
+    for x in seen:                      # every image is one of the files, so prepared
+        assert np.abs(inputs - x).reshape(len(files), -1).max(axis=1).min() < 1e-6
+    results = _example("predict").main(["--checkpoint", str(out / "best.npz"), str(files[0])])
+    x = load_image(files[0], transform)[0]
+    probs = trainer.model.eval().forward(x[None])[0]
+    probs = np.exp(probs - probs.max()) / np.exp(probs - probs.max()).sum()
+    assert dict(results[0]["top"]) == pytest.approx(
+        {"face": float(probs[0]), "uniform": float(probs[1])}, rel=1e-4)
+
+
+def test_a_from_scratch_checkpoint_keeps_its_own_image_preparation(tmp_path):
+    from minivit.cli import parse_args, pretrained_photo_transform
+    tanh = _weights(tmp_path, gelu="tanh")                # minivit's own architecture
+    args = parse_args(["--weights", tanh, "--dataset", "imagefolder", "--data-dir", "x"])
+    assert pretrained_photo_transform(args) is None
+    args = parse_args(["--model", "vit_tiny_patch16_224", "--dataset", "imagefolder",
+                       "--data-dir", "x", "--image-size", "32"])
+    t = pretrained_photo_transform(args)
+    assert (t.image_size, t.crop_pct, t.mean) == (32, 0.9, (0.5, 0.5, 0.5))
+    assert pretrained_photo_transform(parse_args(["--model", "vit_tiny_patch16_224"])) is None
+
+
+def test_predict_with_pretrained_weights_uses_timms_transform(tmp_path, capsys):
+    from minivit.pretrained.preprocess import EvalTransform, load_image
+    _, files = _photo_folder(tmp_path)
+    weights = _weights(tmp_path, image_size=32, patch_size=8, num_classes=3)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+    predict = _example("predict")
+    results = predict.main(["--weights", weights, "--labels", str(labels), "--top", "3",
+                            str(files[1])])
+    x = load_image(files[1], EvalTransform(32))[0]
+    model = ViT(**{**PRETRAINED, "image_size": 32, "patch_size": 8, "num_classes": 3}, seed=3)
+    logits = model.eval().forward(x[None])[0]
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert dict(results[0]["top"]) == pytest.approx(dict(zip("abc", probs.tolist())), rel=1e-4)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff not really")
+    with pytest.raises(SystemExit, match=r"cannot read .*bad.jpg as an image"):
+        predict.main(["--weights", weights, str(tmp_path / "bad.jpg")])
+    labels.write_text("a\nb\n")
+    with pytest.raises(SystemExit, match="2 class names, the model's head has 3"):
+        predict.main(["--weights", weights, "--labels", str(labels), str(files[1])])

@@ -487,7 +487,8 @@ class ImageFolderData(NamedTuple):
 
 
 def load_image_folder(root, image_size: int | None = None, channels: int = 3,
-                      test_fraction: float = 0.1, seed: int = 0) -> ImageFolderData:
+                      test_fraction: float = 0.1, seed: int = 0,
+                      prepare=None) -> ImageFolderData:
     """Load a folder of the user's images for training and testing.
 
     Layouts (torchvision ImageFolder's, one subfolder per class):
@@ -496,6 +497,8 @@ def load_image_folder(root, image_size: int | None = None, channels: int = 3,
       the two splits as given;
     * ``root/<class>/*``: ``test_fraction`` of each class, drawn with
       ``seed``, is held out for testing.
+
+    ``prepare`` replaces the resize of every image (see :func:`read_image_folder`).
     """
     root = Path(root).expanduser()
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
@@ -504,17 +507,18 @@ def load_image_folder(root, image_size: int | None = None, channels: int = 3,
             raise DataError(f"{root}: has a train/ folder but no test/ (or val/) folder "
                             "beside it. Add one with the same class subfolders, or put the "
                             "class folders directly in the root to hold out a test share.")
-        x_tr, y_tr, names, _ = read_image_folder(root / "train", image_size, channels)
+        x_tr, y_tr, names, _ = read_image_folder(root / "train", image_size, channels,
+                                                 prepare=prepare)
         if image_size is None:
             image_size = x_tr.shape[-1] if x_tr.shape[-1] == x_tr.shape[-2] else None
-        x_te, y_te, _, _ = read_image_folder(test_dir, image_size, channels, names)
+        x_te, y_te, _, _ = read_image_folder(test_dir, image_size, channels, names, prepare)
         if x_te.shape[1:] != x_tr.shape[1:]:
             raise DataError(f"{test_dir}: images of shape {x_te.shape[1:]}, the training "
                             f"images are {x_tr.shape[1:]}; pass --image-size N to resize both")
         return ImageFolderData(x_tr, y_tr, x_te, y_te, names, str(test_dir))
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    x, y, names, _ = read_image_folder(root, image_size, channels)
+    x, y, names, _ = read_image_folder(root, image_size, channels, prepare=prepare)
     rng = np.random.default_rng(seed)
     test = np.zeros(len(y), dtype=bool)
     for k in range(len(names)):

@@ -208,7 +208,7 @@ def _pil():
 
 
 def read_image_folder(root, image_size: int | None = None, channels: int = 3,
-                      class_names=None):
+                      class_names=None, prepare=None):
     """Read every image under ``root/<class>/`` into one uint8 array.
 
     Args:
@@ -219,6 +219,10 @@ def read_image_folder(root, image_size: int | None = None, channels: int = 3,
         channels: 1 (greyscale) or 3 (RGB); every image is converted.
         class_names: expected classes (e.g. the training folder's, when
             reading the test folder); a subfolder outside it is an error.
+        prepare: instead of the resize, a function from the converted PIL
+            image to a uint8 (H, W, channels) array, e.g. timm's evaluation
+            geometry for a pretrained model
+            (``minivit.pretrained.EvalTransform(...).resize_and_crop``).
 
     Returns:
         images uint8 (N, channels, H, W), labels int64 (N,), the class names,
@@ -263,7 +267,9 @@ def read_image_folder(root, image_size: int | None = None, channels: int = 3,
             try:
                 with Image.open(path) as img:
                     img = img.convert(mode)
-                    if image_size is not None and img.size != (image_size, image_size):
+                    if prepare is not None:
+                        img = prepare(img)
+                    elif image_size is not None and img.size != (image_size, image_size):
                         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
                     arr = np.asarray(img, dtype=np.uint8)
             except (OSError, ValueError, Image.DecompressionBombError) as exc:

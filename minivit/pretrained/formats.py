@@ -13,7 +13,7 @@ import numpy as np
 from minivit.pretrained.errors import WeightsError
 from minivit.pretrained.google import from_google, is_google
 
-__all__ = ["load_weights"]
+__all__ = ["load_weights", "file_config"]
 
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
                        "I64": np.int64, "I32": np.int32}
@@ -65,6 +65,21 @@ def _safetensors_config(path: str) -> dict | None:
         return json.loads(meta["minivit_config"]) if "minivit_config" in meta else None
     except (WeightsError, ValueError):
         return None
+
+
+def file_config(path) -> dict | None:
+    """The model config a minivit-written file records, read without its
+    tensors; None for timm's, Google's and PyTorch files (and unreadable ones)."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        return _safetensors_config(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "metadata" in f.files:
+                return json.loads(str(f["metadata"])).get("config", {}).get("model")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    return None
 
 
 def _safetensors_header(path: str, cause: Exception | None) -> tuple[dict, int]:

@@ -48,11 +48,18 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["EvalTransform", "ImageError", "open_rgb", "load_image", "resized_size",
-           "crop_box", "INTERPOLATIONS"]
+           "crop_box", "is_timm_photo_model", "INTERPOLATIONS"]
 
 # timm's interpolation names -> PIL's filter numbers (torchvision's pil_modes_mapping)
 INTERPOLATIONS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4,
                   "hamming": 5}
+
+
+def is_timm_photo_model(model_config: dict) -> bool:
+    """Whether a ViT config is a timm architecture on RGB photos, whose images
+    this module prepares: 3 channels and the exact GELU (minivit's own
+    from-scratch models use the tanh GELU)."""
+    return model_config.get("in_channels") == 3 and model_config.get("gelu") == "exact"
 
 
 class ImageError(ValueError):
