@@ -11,7 +11,14 @@ here too) with fine-tuning defaults: the model comes from ``--weights``
 (architecture from the file or ``--model``), its head is replaced by a
 freshly initialised one for the dataset's classes, the position embedding is
 resampled to the dataset's image size, and grayscale images are repeated over
-RGB models' channels. Layer-wise options: ``--freeze-backbone`` trains the
+RGB models' channels. An RGB image folder (``--dataset imagefolder``) for a
+timm architecture is read as timm prepares evaluation images
+(:class:`minivit.pretrained.preprocess.EvalTransform`: shorter side to
+floor(S / 0.9) bicubic, centre crop S, the model's mean and std 0.5), the
+training and the test images alike, and ``examples/predict.py`` prepares
+photos for the fine-tuned checkpoint the same way; the built-in datasets
+(MNIST, CIFAR-10, ...) keep their bilinear ``--image-size`` resize and their
+own statistics. Layer-wise options: ``--freeze-backbone`` trains the
 head only; ``--backbone-lr-scale S`` trains everything but the head at S
 times the learning rate (default here 0.1).
 
