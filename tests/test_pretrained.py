@@ -304,3 +304,16 @@ def test_pytorch_state_dict(tmp_path):
     again = load_pretrained(path, **QUIET)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(again.state_dict()[k], v)
+
+
+def test_every_public_name_still_imports_from_the_package():
+    """minivit.pretrained was one module; its names live on in the package."""
+    import minivit.pretrained as pretrained
+    for name in ("PRESETS", "WeightsError", "create_model", "load_weights", "load_pretrained",
+                 "save_weights", "config_from_state_dict", "resample_pos_embed",
+                 "resampling_weights", "RESAMPLE_MODES", "from_google", "to_google",
+                 "PRETRAINED_CFG", "EvalTransform", "ImageError", "open_rgb"):
+        assert hasattr(pretrained, name), name
+        assert name in pretrained.__all__, name
+    from minivit.pretrained.loading import load_pretrained as inner
+    assert pretrained.load_pretrained is inner

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minivit.pretrained.presets import PRESETS, PRETRAINED_CFG
+
 __all__ = ["EvalTransform", "ImageError", "open_rgb", "load_image", "resized_size",
            "crop_box", "is_timm_photo_model", "INTERPOLATIONS"]
 
@@ -112,7 +114,6 @@ class EvalTransform:
     def for_preset(cls, name: str, image_size: int | None = None) -> EvalTransform:
         """The transform of a :data:`~minivit.pretrained.PRESETS` name (its
         :data:`~minivit.pretrained.PRETRAINED_CFG`), optionally at another size."""
-        from minivit.pretrained.presets import PRESETS, PRETRAINED_CFG
         if name not in PRETRAINED_CFG:
             raise ValueError(f"unknown preset {name!r}; the presets are: "
                              f"{', '.join(PRETRAINED_CFG)}")
