@@ -82,5 +82,4 @@ def using(new_mode: str):
 
 from minivit.kernels import attention, erf, gelu, layernorm, linear, reductions  # noqa: E402
 
-__all__ = ["MODES", "ENV_VAR", "mode", "enabled", "use", "using",
-           "attention", "erf", "gelu", "layernorm", "linear", "reductions"]
+__all__ = ["MODES", "ENV_VAR", "mode", "enabled", "use", "using"]

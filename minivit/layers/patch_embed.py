@@ -12,6 +12,8 @@ im2col copies each patch into a row, flattened in (C, py, px) order, so the
 weight (D, C, P, P) reshaped to (D, C*P*P) is exactly a PyTorch Conv2d weight.
 col2im is its adjoint: it sends each row back to the pixels it was copied
 from and, where patches overlap (S < P), adds the contributions.
+The same function, faster: the bias gradient's sum as ``ones @ dy``
+(``minivit/kernels/reductions.py``).
 """
 
 from __future__ import annotations

@@ -17,9 +17,7 @@ distributed.py      data parallel over MPI: shards, gradient buckets and their
                     allreduce, consistency checks (and ``mpi``'s names)
 ==================  ==========================================================
 
-The averaged gradient
----------------------
-A batch of B images is cut into parts: a slice per replica (``Replicas``),
+**The averaged gradient.** A batch of B images is cut into parts: a slice per replica (``Replicas``),
 a shard per rank (``distributed``), or both. Part r holds n_r images and
 computes the mean loss over them, L_r = (1/n_r) sum_{i in r} l_i, and its
 gradient g_r = dL_r/dw. The batch's mean loss is
