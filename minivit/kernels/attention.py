@@ -77,7 +77,8 @@ def scores_backward_kernel(dattn, attn, q, k, dq, dk, scale):
 
 def forward(q, k, v, scale, dropout):
     """Replaces the reference lines s = q k^T * scale, a = softmax(s),
-    a' = dropout(a), o = a' v: (a, a', o merged as (B, Q, H, hd))."""
+    a' = dropout(a), o = a' v: (a, a', o). o (B, H, Q, hd) is a view of a
+    (B, Q, H, hd) array, so that merging the heads is a free reshape."""
     xp = backend.xp
     B, H, Q, hd = q.shape
     T = k.shape[2]
@@ -85,8 +86,9 @@ def forward(q, k, v, scale, dropout):
     parallel_rows(partial(scores_softmax_kernel, scale=scale), q, k, attn)
     attn_dropped = dropout(attn)
     merged = xp.empty((B, Q, H, hd), dtype=q.dtype)
-    parallel_rows(weighted_values_kernel, attn_dropped, v, merged.transpose(0, 2, 1, 3))
-    return attn, attn_dropped, merged
+    o = merged.transpose(0, 2, 1, 3)                             # a view, (B, H, Q, hd)
+    parallel_rows(weighted_values_kernel, attn_dropped, v, o)
+    return attn, attn_dropped, o
 
 
 def backward(dout_heads, q, k, v, attn, attn_dropped, scale, dropout_backward):

@@ -97,10 +97,10 @@ class MultiHeadSelfAttention(Module):
             s = (q @ k.transpose(0, 1, 3, 2)) * self.scale           # (B, H, Q, T)
             a = softmax(s)                                           # (B, H, Q, T)
             a_dropped = self.attn_drop.forward(a)                    # a' = dropout(a)
-            o = (a_dropped @ v).transpose(0, 2, 1, 3)                # (B, Q, H, hd)
+            o = a_dropped @ v                                        # (B, H, Q, hd)
         self.attn_probs = a
         self._keep(q, k, v, a, a_dropped)
-        merged = o.reshape(B, Q, D)                                  # merge_heads(o)
+        merged = o.transpose(0, 2, 1, 3).reshape(B, Q, D)            # merge_heads(o)
         return self.proj_drop.forward(self.proj.forward(merged))     # (B, Q, D)
 
     def backward(self, dout):

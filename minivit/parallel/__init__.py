@@ -1,6 +1,6 @@
 """Parallelism: every core of a machine, and many machines, on one batch.
 
-Three mechanisms, one file each, and the arithmetic they share:
+Three mechanisms (threads, replicas, MPI ranks) and the arithmetic they share:
 
 ==================  ==========================================================
 file                what it holds
@@ -17,10 +17,10 @@ distributed.py      data parallel over MPI: shards, gradient buckets and their
                     allreduce, consistency checks (and ``mpi``'s names)
 ==================  ==========================================================
 
-**The averaged gradient.** A batch of B images is cut into parts: a slice per replica (``Replicas``),
-a shard per rank (``distributed``), or both. Part r holds n_r images and
-computes the mean loss over them, L_r = (1/n_r) sum_{i in r} l_i, and its
-gradient g_r = dL_r/dw. The batch's mean loss is
+**The averaged gradient.** A batch of B images is cut into parts: a slice
+per replica (``Replicas``), a shard per rank (``distributed``), or both.
+Part r holds n_r images and computes the mean loss over them,
+L_r = (1/n_r) sum_{i in r} l_i, and its gradient g_r = dL_r/dw. The batch's mean loss is
 
     L = (1/B) sum_i l_i = sum_r (n_r / B) L_r,
 
