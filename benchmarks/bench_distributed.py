@@ -29,7 +29,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
-from bench_train import CONFIGS, cpu_model  # noqa: E402
+from common import CONFIGS, cpu_model  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -51,7 +51,8 @@ def worker(args) -> dict | None:
     """Time training steps in this process (one rank of an mpirun, or alone)."""
     import numpy as np
 
-    from minivit import backend, distributed
+    from minivit import backend
+    from minivit.parallel import distributed
     from minivit.loss import cross_entropy
     from minivit.optim import AdamW, clip_grad_norm_, param_groups_weight_decay
     from minivit.vit import ViT

@@ -13,7 +13,7 @@ hurts all alike. PyTorch runs in a process of its own with glibc's malloc
 as it is (``torch_process.py``; minivit's process keeps freed memory for
 reuse, ``minivit.memory``). Printed per batch size: images/s, the ratio, the largest
 absolute difference of their logits, and the matmul floor: the forward's
-matmuls alone on this BLAS, on every core (``bench_train.matmul_floor``), as
+matmuls alone on this BLAS, on every core (``matmul_floor.matmul_floor``), as
 fast as minivit could possibly be ("bound": that over PyTorch's images/s).
 minivit runs twice: ``model.forward`` (threads within each operation) and,
 for batches of 8 or more,
@@ -193,11 +193,11 @@ def main(argv=None):
 def _run(args, pytorch):
     """The timed part of ``main``; ``pytorch``: the PyTorch process, or None."""
     import numpy as np  # noqa: PLC0415
-    from bench_train import (machine_info, matmul_floor, print_machine,  # noqa: PLC0415
-                             time_it, write_json)
+    from common import machine_info, print_machine, time_it, write_json  # noqa: PLC0415
+    from matmul_floor import matmul_floor  # noqa: PLC0415
 
     import minivit  # noqa: PLC0415
-    from minivit.replicas import Replicas  # noqa: PLC0415
+    from minivit.parallel.replicas import Replicas  # noqa: PLC0415
     model, _, _ = build(args, with_torch=False)
     info = machine_info(pytorch and pytorch.info, args.threads)
     results = dict(machine=info, model=args.model, weights=args.weights,

@@ -30,47 +30,18 @@ own step (the rest is elementwise work, softmax, LayerNorm, AdamW, Python).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
-import time
 from functools import partial
 
-CONFIGS = {
-    "mnist-s": dict(model=dict(image_size=28, patch_size=7, in_channels=1, num_classes=10,
-                               dim=64, depth=6, heads=4, mlp_dim=128), batch_size=128),
-    "bench-m": dict(model=dict(image_size=32, patch_size=4, in_channels=3, num_classes=10,
-                               dim=192, depth=6, heads=3, mlp_dim=768), batch_size=64),
-    # timm's vit_small_patch16_224 (exact GELU, 224x224, 1000 classes)
-    "vit-s16": dict(model=dict(image_size=224, patch_size=16, in_channels=3, num_classes=1000,
-                               dim=384, depth=12, heads=6, mlp_dim=1536, gelu="exact"),
-                    batch_size=16),
-}
-# Run only when named (--config vit-b16): a training step takes many seconds.
-EXTRA_CONFIGS = {
-    "vit-b16": dict(model=dict(image_size=224, patch_size=16, in_channels=3, num_classes=1000,
-                               dim=768, depth=12, heads=12, mlp_dim=3072, gelu="exact"),
-                    batch_size=16),
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (CONFIGS, EXTRA_CONFIGS, interleaved, machine_info,  # noqa: E402
+                    measure_peak_memory, mnist_default_config, print_machine, summarise,
+                    time_it, timer, write_json)
+from matmul_floor import matmul_flops, matmul_floor  # noqa: E402
 
-
-def mnist_default_config():
-    """The model and batch size that ``examples/train_mnist.py`` uses by default."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, os.path.join(here, "..", "examples"))
-    try:
-        import train_mnist  # noqa: PLC0415
-        args = train_mnist.build_parser().parse_args([])
-    except Exception:  # the example is optional for the benchmark
-        return None
-    finally:
-        sys.path.pop(0)
-    return dict(model=dict(image_size=28, patch_size=args.patch_size, in_channels=1,
-                           num_classes=10, dim=args.dim, depth=args.depth, heads=args.heads,
-                           mlp_dim=args.mlp_dim), batch_size=args.batch_size)
-
+__all__ = ["main"]
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -88,191 +59,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def matmul_shapes(cfg, batch_size, train=False):
-    """The matmuls of one forward pass as minivit runs it, and with ``train``
-    those of its backward too: a list of (count, m, k, n), ``count`` products
-    of an (m, k) by a (k, n) matrix. Forward: patch projection, qkv, scores,
-    attention-weighted values, proj, fc1, fc2 and the head. With pool "cls"
-    (the default) the last block computes one query token's scores, values,
-    proj and MLP, not t (see ``minivit.vit``). Backward: dW = dy^T x and
-    dx = dy W for every Linear, and four products per attention. Left out:
-    the patch projection's dx, which ``PatchEmbed.backward`` computes (it
-    returns the images' gradient) but a training step does not need, so the
-    list is what a step must multiply, at most what minivit does."""
-    m = cfg
-    b = batch_size
-    grid = m["image_size"] // m["patch_size"]
-    n = grid * grid
-    t = n + 1
-    d, hidden, heads = m["dim"], m["mlp_dim"], m["heads"]
-    head_dim = d // heads
-    forward, backward = [], []
-
-    def linear(rows, fan_in, fan_out, input_grad=True):
-        forward.append((1, rows, fan_in, fan_out))              # y = x W^T
-        backward.append((1, fan_out, rows, fan_in))             # dW = dy^T x
-        if input_grad:
-            backward.append((1, rows, fan_out, fan_in))         # dx = dy W
-
-    linear(b * n, m["in_channels"] * m["patch_size"] ** 2, d, input_grad=False)
-    for i in range(m["depth"]):
-        last = i == m["depth"] - 1 and m.get("pool", "cls") == "cls"
-        queries = 1 if last else t
-        linear(b * t, d, 3 * d)                                 # qkv: keys and values of all
-        forward += [(b * heads, queries, head_dim, t),          # s = q k^T
-                    (b * heads, queries, t, head_dim)]          # o = a v
-        backward += [(b * heads, queries, head_dim, t),         # da = do v^T
-                     (b * heads, t, queries, head_dim),         # dv = a^T do
-                     (b * heads, queries, t, head_dim),         # dq = ds k
-                     (b * heads, t, queries, head_dim)]         # dk = ds^T q
-        linear(b * queries, d, d)                               # proj
-        linear(b * queries, d, hidden)                          # fc1
-        linear(b * queries, hidden, d)                          # fc2
-    linear(b, d, m["num_classes"])                              # head
-    return forward + backward if train else forward
-
-
-def matmul_flops(cfg, batch_size):
-    """Multiply-add FLOPs (2 per MAC) of one forward pass as minivit runs it
-    (the products of ``matmul_shapes``)."""
-    return sum(2 * count * m * k * n for count, m, k, n in matmul_shapes(cfg, batch_size))
-
-
-def matmul_floor(cfg, parts, threads, train=False):
-    """``matmuls_alone`` for a step of ``cfg`` on a batch cut into ``parts``
-    (``Replicas.slices``), as fast as the cores run its products: each
-    slice's on a core of its own, all at once, as the replicas run. A batch
-    in one slice runs the faster (timed here) of two ways: every product in
-    this process with BLAS's own threads, or every product split evenly
-    over ``threads`` processes (the stacked attention products by matrices,
-    the others by rows, as Linear splits its rows)."""
-    from minivit import backend  # noqa: PLC0415
-    shapes = matmul_shapes(cfg, max(hi - lo for lo, hi in parts), train)
-    if len(parts) > 1 or threads == 1 or backend.name != "numpy":
-        return matmuls_alone(shapes, len(parts))
-
-    def share(count, m, k, n):
-        if count >= threads:
-            return (-(-count // threads), m, k, n)
-        return (count, -(-m // threads), k, n)
-    ways = [matmuls_alone(shapes), matmuls_alone([share(*s) for s in shapes], threads)]
-    fastest = min(ways, key=lambda run: min(time_it(run, reps=3, warmup=1)))
-    for run in ways:
-        if run is not fastest:
-            run.close()
-    return fastest
-
-
-def matmuls_alone(shapes, copies=1):
-    """A function that runs the products of ``shapes`` alone, one after
-    another, with ``xp.matmul`` into preallocated float32 outputs. With
-    ``copies`` > 1, that many at once, as the replicas run: this process and
-    ``copies - 1`` forked ones (threads where fork is missing), each on its
-    own operands with BLAS on one thread. One set of operands per distinct
-    shape, so small ones stay in cache: if anything this is faster than the
-    step's own matmuls, not slower. ``.close()`` ends the others."""
-    from minivit import ops  # noqa: PLC0415
-    from minivit.replicas import _fork_available  # noqa: PLC0415
-
-    work = _operands(shapes)
-    if copies == 1:
-        run = lambda: _run_products(work)               # noqa: E731
-        run.close = lambda: None
-        return run
-    if _fork_available():                               # as the replicas: processes
-        import multiprocessing  # noqa: PLC0415
-        context = multiprocessing.get_context("fork")
-        conns, procs = [], []
-        for _ in range(copies - 1):
-            conn, theirs = context.Pipe()
-            procs.append(context.Process(target=_matmul_worker, args=(shapes, theirs),
-                                         daemon=True))
-            procs[-1].start()
-            conns.append(conn)
-        for conn in conns:
-            conn.recv()                                 # its operands are made
-
-        def others():
-            for conn in conns:
-                conn.send(True)
-            return lambda: [conn.recv() for conn in conns]
-
-        def close():
-            for conn, proc in zip(conns, procs):
-                conn.send(None)
-                proc.join()
-    else:                                               # threads (NumPy frees the GIL)
-        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-        pool = ThreadPoolExecutor(max_workers=copies - 1)
-        theirs = [_operands(shapes) for _ in range(copies - 1)]
-
-        def others():
-            futures = [pool.submit(_run_products, w) for w in theirs]
-            return lambda: [f.result() for f in futures]
-        close = pool.shutdown
-
-    def run():
-        with ops.blas_threads(1):
-            wait = others()
-            _run_products(work)
-            wait()
-    run.close = close
-    return run
-
-
-def _operands(shapes):
-    """[(a, b, out)] for ``shapes``: random float32, one set per distinct shape."""
-    import numpy as np  # noqa: PLC0415
-
-    from minivit import backend  # noqa: PLC0415
-    rng = np.random.default_rng(1)
-    operands = {}
-    for count, m, k, n in shapes:
-        if (count, m, k, n) not in operands:
-            lead = (count,) if count > 1 else ()
-            a, b = (backend.to_device(rng.standard_normal(lead + shape), "float32")
-                    for shape in ((m, k), (k, n)))
-            operands[count, m, k, n] = (a, b, backend.xp.empty(lead + (m, n), dtype=a.dtype))
-    return [operands[shape] for shape in shapes]
-
-
-def _run_products(work):
-    from minivit import backend  # noqa: PLC0415
-    for a, b, out in work:
-        backend.xp.matmul(a, b, out=out)
-
-
-def _matmul_worker(shapes, conn):
-    """A forked process of ``matmuls_alone``: its own operands, a run per message."""
-    from minivit import ops  # noqa: PLC0415
-    work = _operands(shapes)
-    conn.send(True)
-    with ops.blas_threads(1):
-        while conn.recv() is not None:
-            _run_products(work)
-            conn.send(True)
-
-
-def time_it(fn, reps, warmup, sync=lambda: None):
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def summarise(times, batch_size):
-    med = statistics.median(times)
-    return dict(median_s=med, min_s=min(times), max_s=max(times),
-                images_per_s=batch_size / med, images_per_s_min=batch_size / max(times),
-                images_per_s_max=batch_size / min(times))
-
-
 def main(argv=None):
     args = parse_args(argv)
     # Thread counts must be fixed before NumPy's BLAS starts.
@@ -282,7 +68,6 @@ def main(argv=None):
 
     from minivit import backend  # noqa: PLC0415
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from torch_process import TorchProcess, torch_available  # noqa: PLC0415
 
     pytorch = None                                  # PyTorch's side, in a process of its own
@@ -307,7 +92,7 @@ def _run(args, pytorch, torch_device):
     from minivit import backend  # noqa: PLC0415
     from minivit.loss import cross_entropy  # noqa: PLC0415
     from minivit.optim import AdamW, param_groups_weight_decay  # noqa: PLC0415
-    from minivit.replicas import Replicas  # noqa: PLC0415
+    from minivit.parallel.replicas import Replicas  # noqa: PLC0415
     from minivit.vit import ViT  # noqa: PLC0415
 
     on_gpu = backend.name == "cupy"
@@ -362,8 +147,8 @@ def _run(args, pytorch, torch_device):
 
         flops = matmul_flops(mcfg, batch)
         # Each contestant: phase -> (timer(reps, warmup) -> seconds, set its mode).
-        ours = {"train": (partial(_timer, train_step, backend.synchronize), model.train),
-                "infer": (partial(_timer, infer, backend.synchronize), model.eval)}
+        ours = {"train": (partial(timer, train_step, backend.synchronize), model.train),
+                "infer": (partial(timer, infer, backend.synchronize), model.eval)}
         steps = {"minivit": ours}
         if pytorch is not None:
             pytorch.load(model, x_host, y_host, torch_device)
@@ -374,7 +159,7 @@ def _run(args, pytorch, torch_device):
         floor_runs = {"train": matmul_floor(mcfg, replicas.slices(batch), args.threads,
                                             train=True),
                       "infer": matmul_floor(mcfg, replicas.slices(batch), args.threads)}
-        steps["matmuls"] = {phase: (partial(_timer, run, backend.synchronize), lambda: None)
+        steps["matmuls"] = {phase: (partial(timer, run, backend.synchronize), lambda: None)
                             for phase, run in floor_runs.items()}
         # The contestants take turns (see ``interleaved``), so that a slow
         # moment of the machine hurts all alike instead of whichever ran then.
@@ -435,135 +220,6 @@ def _run(args, pytorch, torch_device):
     if args.json:
         write_json(results, args.json)
     return results
-
-
-def write_json(results: dict, path: str) -> None:
-    """Write the results atomically (a temporary file, then a rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, path)
-    print(f"\nwrote {path}")
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name, from /proc/cpuinfo (Linux) or platform."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def numpy_simd() -> dict:
-    """What NumPy was built for (baseline) and what it found and uses here
-    (e.g. X86_V3 = AVX2 + FMA3, X86_V4 / AVX512_* = AVX-512), minus any
-    that NPY_DISABLE_CPU_FEATURES switched off; ``avx512f``/``avx2``: whether
-    NumPy's own kernels (tanh, exp, ...) run with those here."""
-    import numpy as np  # noqa: PLC0415
-    try:
-        simd = np.show_config(mode="dicts").get("SIMD Extensions", {})
-    except TypeError:                         # NumPy < 1.25: no dict mode
-        simd = {}
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__  # noqa: PLC0415
-    except ImportError:                       # NumPy 1.x
-        from numpy.core._multiarray_umath import __cpu_features__  # noqa: PLC0415
-    baseline = list(simd.get("baseline", []))
-    disabled = os.environ.get("NPY_DISABLE_CPU_FEATURES", "").split()
-    found = [f for f in simd.get("found", []) if f not in disabled]
-    if not simd:                              # old NumPy: what the CPU has
-        found = [f for f, on in __cpu_features__.items() if on and f not in disabled]
-    used = baseline + found                   # what NumPy's kernels may dispatch to
-    avx512 = any(f == "X86_V4" or f.startswith("AVX512") for f in used)
-    avx2 = avx512 or any(f in ("X86_V3", "AVX2") for f in used)
-    return dict(baseline=baseline, found=found, avx512f=avx512, avx2=avx2, disabled=disabled)
-
-
-def machine_info(torch_info, threads, torch_device="cpu") -> dict:
-    """The facts a reader needs to compare tables from different machines;
-    ``torch_info``: ``TorchProcess.info`` (PyTorch's version and CPU
-    capability), or None without PyTorch."""
-    import numpy as np  # noqa: PLC0415
-
-    from minivit import backend, memory  # noqa: PLC0415
-    torch_info = torch_info or {}
-    info = dict(platform=platform.platform(), processor=platform.processor() or
-                platform.machine(), cpu_model=cpu_model(), cpu_count=os.cpu_count(),
-                threads=threads, backend=backend.name, numpy=np.__version__,
-                numpy_simd=numpy_simd(), torch=torch_info.get("version"),
-                torch_device=torch_device, keep_freed_memory=memory.is_kept())
-    if torch_info.get("cpu_capability"):
-        info["torch_cpu_capability"] = torch_info["cpu_capability"]
-    if backend.name == "cupy":
-        props = backend.xp.cuda.runtime.getDeviceProperties(0)
-        info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) \
-            else str(props["name"])
-    return info
-
-
-def print_machine(m) -> None:
-    simd = m["numpy_simd"]
-    print(f"\nmachine: {m['cpu_model']} ({m['processor']}), {m['cpu_count']} cores, "
-          f"{m['threads']} threads, backend {m['backend']}"
-          + (f" ({m['gpu']})" if "gpu" in m else ""))
-    print(f"numpy {m['numpy']} SIMD: baseline {' '.join(simd['baseline']) or '-'}, "
-          f"found {' '.join(simd['found']) or '-'}"
-          + (f", disabled by NPY_DISABLE_CPU_FEATURES: {' '.join(simd['disabled'])}"
-             if simd["disabled"] else "")
-          + f" -> AVX-512 {'yes' if simd['avx512f'] else 'no'}, AVX2 "
-          f"{'yes' if simd['avx2'] else 'no'}")
-    print(f"torch {m['torch'] or '-'}"
-          + (f" ({m['torch_device']}"
-             + (f", CPU capability {m['torch_cpu_capability']}"
-                if m.get("torch_cpu_capability") else "")
-             + ", own process, glibc malloc defaults)" if m["torch"] else "")
-          + f"; minivit keeps freed memory: {'yes' if m.get('keep_freed_memory') else 'no'}")
-
-
-def measure_peak_memory(step, backend):
-    """Peak bytes allocated during one training step, beyond what was live before."""
-    if backend.name == "cupy":
-        pool = backend.xp.get_default_memory_pool()
-        backend.synchronize()
-        pool.free_all_blocks()
-        before = pool.used_bytes()
-        step()
-        backend.synchronize()
-        return max(pool.total_bytes() - before, 0)
-    import tracemalloc  # noqa: PLC0415
-    tracemalloc.start()
-    try:
-        step()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return peak
-
-
-def _timer(fn, sync, reps, warmup):
-    """``time_it`` as a contestant of ``interleaved``: (reps, warmup) -> seconds."""
-    return time_it(fn, reps, warmup, sync)
-
-
-def interleaved(contestants, reps, warmup, rounds=2):
-    """``{name: timer}`` -> ``{name: [seconds, ...]}``, ``timer(reps, warmup)``
-    returning the seconds of each rep (``_timer``, or another process's).
-
-    The contestants take turns in blocks (``rounds`` blocks each, every block
-    warmed up first), so a slow spell of the machine falls on both. Blocks
-    rather than single reps: BLAS and OpenMP worker threads keep spinning for
-    a while after a call, and would steal the cores from whoever runs next.
-    """
-    times = {name: [] for name in contestants}
-    per_round = [reps // rounds + (1 if r < reps % rounds else 0) for r in range(rounds)]
-    for n in per_round:
-        for name, timer in contestants.items():
-            times[name] += timer(n, warmup)
-    return times
 
 
 # PyTorch CPU training throughput on mnist-s (img/s) that defines one

@@ -42,7 +42,7 @@ def main(argv=None):
     import numpy as np  # noqa: PLC0415
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_train import CONFIGS, EXTRA_CONFIGS, mnist_default_config  # noqa: PLC0415
+    from common import CONFIGS, EXTRA_CONFIGS, mnist_default_config  # noqa: PLC0415
 
     from minivit import backend  # noqa: PLC0415
     from minivit.loss import cross_entropy  # noqa: PLC0415

@@ -2,9 +2,9 @@
 
 ``import minivit`` makes glibc keep freed memory for reuse
 (``minivit.memory``). That setting belongs to the whole process: run in the
-same one, PyTorch would get it too (its training steps page-fault thousands
-of times each under glibc's defaults, e.g. 4,000-6,000 for mnist-s and
-25,000-40,000 for bench-m on 2026-12-01), and the comparison would no longer
+same one, PyTorch would get it too (under glibc's defaults its training
+steps page-fault thousands of times each: ``docs/performance.md``), and the
+comparison would no longer
 be with PyTorch as its users run it. So the twin lives in a fresh (spawned)
 process with glibc's defaults, gets minivit's weights and batch over a pipe,
 and times its own repetitions when asked, so the pipe's latency is never
@@ -131,7 +131,7 @@ def _serve(conn, threads):
         import numpy as np
         import torch
         torch.set_num_threads(threads)
-        from bench_train import time_it
+        from common import time_it
         from torch_vit import from_state_dict
     except Exception as e:                                  # noqa: BLE001
         conn.send((False, f"{type(e).__name__}: {e}"))

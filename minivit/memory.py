@@ -5,10 +5,10 @@ the last reference goes. glibc's malloc gives large freed blocks back to the
 operating system: it trims the free space at the top of its heap beyond a
 threshold, and unmaps blocks above another. The next forward asks for the same
 memory again, and the kernel hands it over one 4 KiB page at a time, each
-first touch a page fault that also zeroes the page: 1,190 faults per mnist-s
-inference forward of 64 images on one core, a sixth of its time
-(``docs/performance.md``). A training step faults far less (it keeps its
-activations until backward), an inference forward all the more.
+first touch a page fault that also zeroes the page: on a small model's
+inference forward, a large share of its time (``docs/performance.md``). A
+training step faults far less (it keeps its activations until backward), an
+inference forward all the more.
 
 ``keep_freed_memory`` asks glibc (``mallopt``) to serve blocks up to 32 MiB
 from its heap (its largest such setting; NumPy gives bigger arrays huge pages

@@ -36,7 +36,7 @@ generator whose draws are device arrays; ``xp.cuda`` is a stub with what
 minivit calls (``Stream.null.synchronize()``, ``runtime.getDeviceCount()``,
 ``runtime.getDevice()``, ``runtime.getDeviceProperties()``).
 
-No threads are involved: ``minivit.ops.parallel_rows`` runs kernels directly
+No threads are involved: ``minivit.parallel.threads.parallel_rows`` runs kernels directly
 on any backend but NumPy, and no state is kept between calls, so there is no
 "inside the fake" flag to keep per thread.
 

@@ -25,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from minivit import backend, distributed  # noqa: E402
+from minivit import backend  # noqa: E402
+from minivit.parallel import distributed  # noqa: E402
 from minivit.config import TrainConfig  # noqa: E402
 from minivit.train import Trainer  # noqa: E402
 from minivit.vit import ViT  # noqa: E402

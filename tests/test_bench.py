@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import bench_train  # noqa: E402
+import matmul_floor  # noqa: E402
 
 
 def test_matmul_flops_by_hand():
@@ -18,12 +19,12 @@ def test_matmul_flops_by_hand():
     patch = 2 * n * (2 * 16) * d
     block = 2 * t * d * 3 * d + 2 * (2 * t * t * d) + 2 * t * d * d + 2 * (2 * t * d * m)
     head = 2 * d * 3
-    assert bench_train.matmul_flops({**cfg, "pool": "mean"}, batch_size=7) == \
+    assert matmul_floor.matmul_flops({**cfg, "pool": "mean"}, batch_size=7) == \
         7 * (patch + block + head)
     # pool "cls": the last block computes one query token after its qkv
     cls_block = 2 * t * d * 3 * d + 2 * (2 * 1 * t * d) + 2 * 1 * d * d + 2 * (2 * 1 * d * m)
-    assert bench_train.matmul_flops(cfg, batch_size=7) == 7 * (patch + cls_block + head)
-    assert bench_train.matmul_flops({**cfg, "depth": 3}, batch_size=1) == \
+    assert matmul_floor.matmul_flops(cfg, batch_size=7) == 7 * (patch + cls_block + head)
+    assert matmul_floor.matmul_flops({**cfg, "depth": 3}, batch_size=1) == \
         patch + 2 * block + cls_block + head
 
 
@@ -38,12 +39,12 @@ def test_matmul_shapes_of_a_training_step(pool):
     def flops(shapes):
         return sum(2 * count * m * k * n for count, m, k, n in shapes)
 
-    forward = bench_train.matmul_shapes(cfg, batch_size=5)
-    step = bench_train.matmul_shapes(cfg, batch_size=5, train=True)
+    forward = matmul_floor.matmul_shapes(cfg, batch_size=5)
+    step = matmul_floor.matmul_shapes(cfg, batch_size=5, train=True)
     assert step[:len(forward)] == forward
     patch_dx = 2 * (5 * 4) * 6 * (2 * 16)
     assert flops(step) == 3 * flops(forward) - patch_dx
-    assert flops(forward) == bench_train.matmul_flops(cfg, batch_size=5)
+    assert flops(forward) == matmul_floor.matmul_flops(cfg, batch_size=5)
     # Linears: the patch projection, qkv, proj, fc1 and fc2 of each block, the head;
     # two attention products per block forward, four backward
     linears, attention = 1 + 4 * 2 + 1, 2 * 2
@@ -153,7 +154,7 @@ def test_matmuls_alone_runs_every_copy_and_ends_them():
     (this one and forked ones), which close() ends."""
     import multiprocessing
     before = set(multiprocessing.active_children())
-    run = bench_train.matmuls_alone([(1, 8, 4, 3), (2, 3, 5, 2)], copies=3)
+    run = matmul_floor.matmuls_alone([(1, 8, 4, 3), (2, 3, 5, 2)], copies=3)
     started = set(multiprocessing.active_children()) - before
     assert len(started) == (2 if sys.platform == "linux" else 0)
     run()
@@ -161,7 +162,7 @@ def test_matmuls_alone_runs_every_copy_and_ends_them():
     run.close()
     assert not any(p.is_alive() for p in started)
     shapes = [(1, 8, 4, 3), (2, 3, 5, 2), (1, 8, 4, 3)]     # 2-D, stacked, the first again
-    operands = bench_train._operands(shapes)
+    operands = matmul_floor._operands(shapes)
     assert operands[0] is operands[2]                   # one set per distinct shape
     assert [out.shape for _, _, out in operands] == [(8, 3), (2, 3, 2), (8, 3)]
 
@@ -173,21 +174,21 @@ def test_matmul_floor_shares_the_products_between_the_cores(monkeypatch):
     cfg = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=6, depth=1,
                heads=2, mlp_dim=10)
     calls = []
-    real = bench_train.matmuls_alone
+    real = matmul_floor.matmuls_alone
 
     def spy(shapes, copies=1):
         calls.append((shapes, copies))
         return real(shapes, copies)
 
-    monkeypatch.setattr(bench_train, "matmuls_alone", spy)
-    for run in (bench_train.matmul_floor(cfg, [(0, 4), (4, 9)], threads=2, train=True),
-                bench_train.matmul_floor(cfg, [(0, 3)], threads=2)):
+    monkeypatch.setattr(matmul_floor, "matmuls_alone", spy)
+    for run in (matmul_floor.matmul_floor(cfg, [(0, 4), (4, 9)], threads=2, train=True),
+                matmul_floor.matmul_floor(cfg, [(0, 3)], threads=2)):
         run()
         run.close()
     # one slice: both ways are built, the faster kept
     (sliced, copies_sliced), (whole, copies_whole), (split, copies_split) = calls
-    assert copies_sliced == 2 and sliced == bench_train.matmul_shapes(cfg, 5, train=True)
-    assert copies_whole == 1 and whole == bench_train.matmul_shapes(cfg, 3)
+    assert copies_sliced == 2 and sliced == matmul_floor.matmul_shapes(cfg, 5, train=True)
+    assert copies_whole == 1 and whole == matmul_floor.matmul_shapes(cfg, 3)
     assert copies_split == 2 and len(split) == len(whole)
     for (count, m, k, n), share in zip(whole, split):
         assert share == (((count + 1) // 2, m, k, n) if count >= 2 else (1, (m + 1) // 2, k, n))

@@ -1,4 +1,4 @@
-"""Data-parallel training (minivit.distributed).
+"""Data-parallel training (minivit.parallel.distributed, minivit.parallel.mpi).
 
 Two parts:
 * in-process tests of the pieces (shards, buckets, the checks) with a fake
@@ -27,9 +27,9 @@ import time
 import numpy as np
 import pytest
 
-from minivit import distributed
 from minivit.config import TrainConfig
-from minivit.distributed import (
+from minivit.parallel import distributed
+from minivit.parallel.distributed import (
     DistributedError,
     GradientBuckets,
     World,

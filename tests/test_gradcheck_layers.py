@@ -3,14 +3,15 @@
 For each layer: the input and every parameter, element by element, with a
 random mixed-sign upstream gradient; relative error <= 1e-6. Each check also
 runs along a random direction over all tensors at once. Runs on NumPy and,
-where present, CuPy.
+where present, CuPy; and every check twice, once on the fast kernels
+(``minivit/kernels/``) and once on the layers' reference code.
 """
 
 import numpy as np
 import pytest
 from helpers import randn, randomize_parameters
 
-from minivit import backend
+from minivit import backend, kernels
 from minivit.gradcheck import assert_gradients_ok, check_module
 from minivit.layers import (GELU, MLP, Block, Dropout, LayerNorm, Linear,
                             MultiHeadSelfAttention, PatchEmbed, Tanh)
@@ -18,6 +19,14 @@ from minivit.module import Module
 from minivit.vit import ViT
 
 TOL = 1e-6
+
+
+@pytest.fixture(autouse=True, params=kernels.MODES)
+def kernel_mode(request):
+    """Each test runs on the fast kernels and on the reference code
+    (``MINIVIT_KERNELS=fast`` / ``reference``)."""
+    with kernels.using(request.param):
+        yield request.param
 
 
 def _check_both_modes(module, x):

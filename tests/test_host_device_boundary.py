@@ -163,13 +163,13 @@ def test_fake_allows_what_cupy_allows(device):
 def test_a_host_call_inside_a_layer_is_caught(device, monkeypatch):
     """Put a realistic bug into the code (a helper that builds its constant
     with NumPy instead of backend.xp) and the ViT tests below would fail."""
-    import minivit.ops
+    import minivit.kernels.reductions
 
     def sum_last_with_a_host_constant(x):
         return (x @ np.ones(x.shape[-1], dtype=x.dtype))[..., None]
 
-    monkeypatch.setattr(minivit.ops, "sum_last", sum_last_with_a_host_constant)
-    monkeypatch.setattr("minivit.layers.attention.sum_last", sum_last_with_a_host_constant)
+    monkeypatch.setattr(minivit.kernels.reductions, "sum_last", sum_last_with_a_host_constant)
+    monkeypatch.setattr("minivit.kernels.attention.sum_last", sum_last_with_a_host_constant)
     model = ViT(**SMALL, seed=0)
     with pytest.raises(HostDeviceError, match="mixed with device arrays"):
         model.forward(host_images(2))
@@ -387,8 +387,8 @@ def test_trainer_fit_and_evaluate_on_the_device(device, tmp_path):
 # boundary (backend.py, checkpoint.py, data, train.py, viz.py, atomic.py)
 # may use it.
 DEVICE_SIDE = ["minivit/layers", "minivit/vit.py", "minivit/loss.py", "minivit/optim",
-               "minivit/module.py", "minivit/ops.py", "minivit/gradcheck.py",
-               "minivit/init.py"]
+               "minivit/module.py", "minivit/kernels", "minivit/parallel/threads.py",
+               "minivit/special.py", "minivit/gradcheck.py", "minivit/init.py"]
 
 
 def _numpy_aliases(tree):

@@ -240,3 +240,16 @@ def test_backward_after_no_grad_forward_of_a_layer_says_why(f32):
         layer.forward(randn(2, 4))
     with pytest.raises(RuntimeError, match="no_grad"):
         layer.backward(randn(2, 3))
+
+
+def test_modules_and_parameters_walk_as_the_named_walks_do():
+    """``modules()`` and ``parameters()`` (no names built: the replicas run
+    them every step) list what ``named_modules`` / ``named_parameters`` list,
+    in the same order."""
+    from minivit.vit import ViT
+    model = ViT(image_size=8, patch_size=4, in_channels=1, num_classes=3, dim=8, depth=2,
+                heads=2, mlp_dim=16, pool="avg", pre_logits=7, seed=1)
+    modules, params = model.modules(), model.parameters()
+    assert modules == [m for _, m in model.named_modules()]
+    assert params == [p for _, p in model.named_parameters()]
+    assert len(params) == len(model.state_dict()) and modules[0] is model

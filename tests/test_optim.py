@@ -526,7 +526,7 @@ def test_optimizer_on_the_active_backend():
 def test_adamw_in_blocks_on_threads_equals_one_pass(f64, monkeypatch, threads):
     """Large parameters are updated as flat blocks on every core: element for
     element the same arithmetic, so the same bits as one pass over each."""
-    from minivit import ops
+    from minivit.parallel import threads as ops
     monkeypatch.setenv("MINIVIT_NUM_THREADS", threads)
     shapes = [(37, 11), (300,), (4, 5, 6)]
     runs = []

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import minivit
-from minivit import backend, ops
+from minivit import backend, kernels
 from minivit.layers import Linear
 from minivit.loss import cross_entropy
-from minivit.replicas import Replicas, _fork_available
+from minivit.parallel.replicas import Replicas, _fork_available
 from minivit.vit import ViT
 
 KINDS = [pytest.param(False, id="threads"),
@@ -195,32 +195,6 @@ def test_a_replica_error_reaches_the_caller_and_small_batches_run_alone(processe
             Replicas(model, threads=0)
 
 
-def test_blas_threads_are_restored_and_parallel_rows_is_serial_inside():
-    seen = []
-
-    def kernel(a, out):
-        seen.append(len(a))
-        out[...] = a * 2
-
-    pytest.importorskip("threadpoolctl")
-
-    def blas():                       # NumPy's BLAS, as ops found it
-        return [c.get_num_threads() for c in ops._blas_controllers]
-
-    with ops.blas_threads(1):
-        assert blas() and all(n == 1 for n in blas())
-    before = blas()
-    with ops.blas_threads(1):
-        assert all(n == 1 for n in blas())
-    assert blas() == before
-    x = np.ones((64, 8192), dtype=np.float32)
-    out = np.empty_like(x)
-    with ops.serial():
-        ops.parallel_rows(kernel, x, out)
-    np.testing.assert_array_equal(out, 2 * x)
-    assert sum(seen) == 64 and max(seen) < 64                 # blocks, one thread
-
-
 def test_replicating_leaves_the_model_caches_and_copies_none():
     with backend.using("numpy", "float64"):
         model = ViT(**CONFIG, seed=1)
@@ -232,15 +206,44 @@ def test_replicating_leaves_the_model_caches_and_copies_none():
         copy = replicas._replicas[1]
         assert all(m.cache is None for _, m in copy.named_modules())
         assert all(m.cache is before[name] for name, m in model.named_modules())
+        # what a layer lists in forward_state stays behind too (attention's maps)
+        attn, attn_copy = model.blocks[0].attn, copy.blocks[0].attn
+        assert "attn_probs" in attn.forward_state
+        assert attn.attn_probs is not None and attn_copy.attn_probs is None
         assert copy.patch_embed._tiled is model.patch_embed._tiled is True
 
 
-def test_the_fast_walk_lists_modules_and_parameters_as_named_modules_does():
-    from minivit.replicas import _walk
-    model = ViT(**CONFIG, pool="avg", pre_logits=7, seed=1)
-    modules, params = _walk(model)
-    assert modules == [m for _, m in model.named_modules()]
-    assert params == model.parameters()
+@pytest.mark.parametrize("processes", KINDS)
+def test_the_replicas_follow_the_kernel_switch(processes, monkeypatch):
+    """Workers forked while the layers ran the fast kernels run the reference
+    code once the switch says so (the mode travels with every job): with every
+    fast kernel a trap, a reference step still runs, and equals the model alone."""
+    def trap(*args, **kwargs):
+        raise AssertionError("a fast kernel ran in reference mode")
+
+    with backend.using("numpy", "float64"):
+        alone, split = ViT(**CONFIG, seed=1), ViT(**CONFIG, seed=1)
+        replicas = Replicas(split, threads=2, processes=processes)
+        x, y = _batch(8)
+        replicas.loss_and_grads(x, y, cross_entropy)          # forks, in fast mode
+        for module in (kernels.attention, kernels.gelu, kernels.layernorm, kernels.linear):
+            monkeypatch.setattr(module, "forward", trap)
+            monkeypatch.setattr(module, "backward", trap, raising=False)
+        monkeypatch.setattr(kernels.reductions, "sum_rows", trap)
+        if processes:                                          # the workers get the traps too
+            replicas.close()
+            with kernels.using("fast"):
+                replicas._workers_for(2, cross_entropy)
+            assert replicas._workers is not None
+        with kernels.using("reference"):
+            split.zero_grad()
+            loss, _ = replicas.loss_and_grads(x, y, cross_entropy)
+            want, dlogits = cross_entropy(alone.forward(x), y)
+            alone.backward(dlogits)
+        replicas.close()
+        np.testing.assert_allclose(loss, want, rtol=1e-12)
+        for a, b in zip(alone.parameters(), split.parameters()):
+            np.testing.assert_allclose(b.grad, a.grad, rtol=1e-10, atol=1e-14)
 
 
 def _train_step_in_a_daemon(queue):

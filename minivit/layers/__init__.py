@@ -1,5 +1,9 @@
 """The layers, one file each, forward and backward side by side.
 
+Each file computes the lines of the table it opens with; the same functions,
+faster, are in ``minivit/kernels/`` (``MINIVIT_KERNELS=reference`` runs these
+files' own lines alone).
+
 ===================  ==========================================
 file                 layer
 ===================  ==========================================

@@ -4,22 +4,17 @@ Forward                               Backward (given dy = dL/dy)
   y = x @ W.T + b                       dx = dy @ W
                                         dW += dy^T @ x   (summed over all rows)
                                         db += sum of dy over all rows
+
+Leading dimensions are flattened into rows first, (..., in) -> (R, in), so
+each product is one 2-D matmul and every row adds its outer product to dW.
+The same function, faster (a share of the rows per core):
+``minivit/kernels/linear.py``.
 """
 
 from __future__ import annotations
 
-from functools import partial
-
-from minivit import backend, init
+from minivit import init, kernels
 from minivit.module import Module, Parameter
-from minivit.ops import parallel_rows, sum_rows
-
-
-def linear_forward_kernel(x_rows, y_rows, weight, bias):
-    """Rows (R, in) -> (R, out): y = x W^T + b."""
-    backend.xp.matmul(x_rows, weight.T, out=y_rows)
-    if bias is not None:
-        y_rows += bias
 
 
 class Linear(Module):
@@ -44,32 +39,28 @@ class Linear(Module):
                 f"got shape {tuple(x.shape)}"
             )
         self._keep(x)
-        # 2-D matmuls over all rows: NumPy's stacked matmul would loop over the
-        # leading dims. Many rows: one share of them per core, in minivit's
-        # threads (BLAS's own would keep spinning after the call, taking cores
-        # from the next layer's kernels). Few rows (small batches): one BLAS
-        # call, which splits W instead of packing all of it on every core.
-        weight = self.weight.data
-        x_rows = x.reshape(-1, self.in_features)               # (R, in)
-        y = backend.xp.empty((x_rows.shape[0], self.out_features),      # (R, out)
-                             dtype=backend.xp.result_type(x_rows, weight))
-        kernel = partial(linear_forward_kernel, weight=weight,
-                         bias=self.bias.data if self.bias is not None else None)
-        if x_rows.shape[0] >= self.out_features:
-            parallel_rows(kernel, x_rows, y, cache_blocks=False)
+        W = self.weight.data                                       # (out, in)
+        b = self.bias.data if self.bias is not None else None      # (out,)
+        x_rows = x.reshape(-1, self.in_features)                   # (R, in)
+        if kernels.enabled():            # the same function, faster: minivit/kernels/linear.py
+            y = kernels.linear.forward(x_rows, W, b)
         else:
-            kernel(x_rows, y)                                  # y = x W^T + b
-        return y.reshape(*x.shape[:-1], self.out_features)     # (..., out)
+            y = x_rows @ W.T                                       # (R, out)
+            if b is not None:
+                y = y + b                                          # y = x W^T + b
+        return y.reshape(*x.shape[:-1], self.out_features)         # (..., out)
 
     def backward(self, dout):
         x = self._saved()
-        # Flatten leading dims: every row of x contributes one outer product to dW.
-        x_rows = x.reshape(-1, self.in_features)           # (R, in)
-        dout_rows = dout.reshape(-1, self.out_features)    # (R, out)
-        self.weight.grad += dout_rows.T @ x_rows           # dW = dy^T x   (out, in)
+        x_rows = x.reshape(-1, self.in_features)                   # (R, in)
+        dout_rows = dout.reshape(-1, self.out_features)            # (R, out)
+        self.weight.grad += dout_rows.T @ x_rows                   # dW += dy^T x   (out, in)
         if self.bias is not None:
-            self.bias.grad += sum_rows(dout_rows)           # db = sum_rows dy
-        dx_rows = dout_rows @ self.weight.data             # dx = dy W     (R, in)
+            if kernels.enabled():    # the same function, faster: minivit/kernels/reductions.py
+                self.bias.grad += kernels.reductions.sum_rows(dout_rows)
+            else:
+                self.bias.grad += dout_rows.sum(axis=0)            # db += sum_rows dy
+        dx_rows = dout_rows @ self.weight.data                     # dx = dy W     (R, in)
         return dx_rows.reshape(x.shape)
 
     def extra_repr(self):

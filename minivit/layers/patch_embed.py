@@ -12,6 +12,8 @@ im2col copies each patch into a row, flattened in (C, py, px) order, so the
 weight (D, C, P, P) reshaped to (D, C*P*P) is exactly a PyTorch Conv2d weight.
 col2im is its adjoint: it sends each row back to the pixels it was copied
 from and, where patches overlap (S < P), adds the contributions.
+The same function, faster: the bias gradient's sum as ``ones @ dy``
+(``minivit/kernels/reductions.py``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ import math
 
 import numpy
 
-from minivit import backend, init
+from minivit import backend, init, kernels
 from minivit.module import Module, Parameter
-from minivit.ops import sum_rows
 
 
 class PatchEmbed(Module):
@@ -115,7 +116,10 @@ class PatchEmbed(Module):
         dout_rows = dout.reshape(-1, self.dim)                      # (B*N, D)
         cols_rows = cols.reshape(-1, cols.shape[-1])                # (B*N, C*P*P)
         self.proj.weight.grad += (dout_rows.T @ cols_rows).reshape(self.proj.weight.shape)
-        self.proj.bias.grad += sum_rows(dout_rows)
+        if kernels.enabled():    # the same function, faster: minivit/kernels/reductions.py
+            self.proj.bias.grad += kernels.reductions.sum_rows(dout_rows)
+        else:
+            self.proj.bias.grad += dout_rows.sum(axis=0)            # db += sum_{B,N} dy
         dcols = (dout_rows @ w_flat).reshape(cols.shape)            # (B, N, C*P*P)
         return self.col2im(dcols, x_shape)                          # (B, C, H, W)
 

@@ -1,0 +1,185 @@
+"""The worker processes of ``Replicas``: forked copies of the model that share its memory.
+
+Each worker holds a copy of the model whose parameters are views of one
+block of memory shared with the parent (anonymous ``mmap``, MAP_SHARED, made
+before the fork), so an optimizer step or a loaded checkpoint, written in
+place, is seen by all. Each worker writes its gradients into a shared
+buffer of its own, which the parent adds into the model's ``.grad``; the
+batch slices and the logits travel through pipes. ``replica_step`` is the
+work of one replica, in a worker or in the parent.
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import signal
+import weakref
+
+import numpy
+
+from minivit import backend, kernels
+from minivit.module import set_grad_enabled
+from minivit.parallel import threads
+
+__all__ = ["SharedArrays", "Workers", "replica_step"]
+
+
+def replica_step(replica, x, y, loss_fn, weight):
+    """One replica on its slice: (weight x its mean loss, logits) after the
+    backward of weight x loss; with no ``loss_fn``, (None, logits)."""
+    logits = replica.forward(x)
+    if loss_fn is None:
+        return None, logits
+    loss, dlogits = loss_fn(logits, y)
+    replica.backward(dlogits * weight if weight != 1.0 else dlogits)   # g_r scaled by n_r / B
+    return float(loss) * weight, logits
+
+
+class SharedArrays:
+    """Arrays shaped like ``like``, in one block of memory shared with
+    processes forked afterwards (anonymous ``mmap``, MAP_SHARED)."""
+
+    def __init__(self, like):
+        offsets, total = [], 0
+        for a in like:
+            offsets.append(total)
+            total += -(-a.nbytes // 64) * 64                # 64-byte aligned
+        self._mmap = mmap.mmap(-1, max(total, 64))
+        self.raw = numpy.frombuffer(self._mmap, dtype=numpy.uint8)
+        self.arrays = [self.raw[o:o + a.nbytes].view(a.dtype).reshape(a.shape)
+                       for o, a in zip(offsets, like)]
+
+
+def _walk(model):
+    """(modules, parameters) of ``model``, in the order every process uses."""
+    return model.modules(), model.parameters()
+
+
+def _signature(modules, params):
+    return ([id(m) for m in modules],
+            [(id(p), p.data.shape, p.data.dtype.str, p.requires_grad)
+             for p in params])
+
+
+class Workers:
+    """``count`` forked processes, each with a copy of ``model`` whose
+    parameters are views of memory shared with this process's model."""
+
+    def __init__(self, model, count: int):
+        modules, params = _walk(model)              # the order the workers use too
+        self.count, self.broken = count, False
+        self.signature = _signature(modules, params)
+        self.params = SharedArrays([p.data for p in params])
+        for p, shared in zip(params, self.params.arrays):
+            shared[...] = p.data
+            p.data = shared                                 # the model now lives here too
+        self._grads = [SharedArrays([p.data for p in params]) for _ in range(count)]
+        self.grads = [g.arrays for g in self._grads]
+        context = multiprocessing.get_context("fork")
+        self.conns, self.procs = [], []
+        try:
+            for r in range(count):
+                mine, theirs = context.Pipe()
+                proc = context.Process(target=_worker_loop,
+                                       args=(model, theirs, self._grads[r]),
+                                       name=f"minivit-replica-{r + 1}", daemon=True)
+                proc.start()
+                theirs.close()
+                self.conns.append(mine)
+                self.procs.append(proc)
+        except BaseException:
+            _shutdown(self.conns, self.procs)               # the ones already started
+            raise
+        self._finalizer = weakref.finalize(self, _shutdown, self.conns, self.procs)
+
+    def matches(self, model) -> bool:
+        """Still the model the workers copied; parameters replaced by arrays of
+        the same shape are copied into the shared memory (and point to it)."""
+        modules, params = _walk(model)
+        if self.broken or _signature(modules, params) != self.signature:
+            return False
+        for p, shared in zip(params, self.params.arrays):
+            if p.data is not shared:
+                shared[...] = p.data
+                p.data = shared
+        return True
+
+    def submit(self, jobs, loss_fn, seeds, grad_enabled, training):
+        self.sent = []
+        for conn, job, seed in zip(self.conns, jobs, seeds):
+            try:
+                conn.send((*(backend.to_numpy(a) if a is not None else None for a in job[:2]),
+                           job[2], loss_fn, seed, grad_enabled, training, kernels.mode()))
+                self.sent.append(True)
+            except OSError:                                 # the worker is gone
+                self.sent.append(False)
+
+    def collect(self):
+        results, error = [], None
+        for conn, proc, sent in zip(self.conns, self.procs, self.sent):
+            try:
+                if not sent:
+                    raise EOFError
+                status, payload = conn.recv()
+            except (EOFError, OSError):
+                proc.join(timeout=1)
+                self.broken = True                          # forked anew next time
+                status, payload = "error", RuntimeError(
+                    f"replica worker process {proc.name} (pid {proc.pid}) died "
+                    f"(exit code {proc.exitcode}); run with Replicas(processes=False) "
+                    "to see the error in this process")
+            if status == "error":
+                error = error or payload
+            results.append(payload)
+        if error is not None:
+            raise error
+        return results
+
+    def close(self):
+        self._finalizer()
+
+
+def _shutdown(conns, procs):
+    for conn in conns:
+        try:
+            conn.send(None)
+            conn.close()
+        except OSError:
+            pass
+    for proc in procs:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.terminate()
+
+
+def _worker_loop(model, conn, grads):
+    """A worker process: replica steps on the slices it is sent, until None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's to handle
+    modules, params = _walk(model)                  # the order the parent sends in
+    for p, grad in zip(params, grads.arrays):
+        p.grad = grad if p.requires_grad else None
+    with threads.serial(), threads.blas_threads(1):
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return
+            if message is None:
+                return
+            x, y, weight, loss_fn, seed, grad_enabled, training, kernel_mode = message
+            try:
+                kernels.use(kernel_mode)
+                for module, mode in zip(modules, training):
+                    object.__setattr__(module, "training", mode)    # as Module.train
+                if loss_fn is not None:
+                    grads.raw.fill(0)
+                generator = None if seed is None else backend.xp.random.default_rng(seed)
+                with set_grad_enabled(grad_enabled), backend.thread_device_rng(generator):
+                    result = replica_step(model, x, y, loss_fn, weight)
+                conn.send(("ok", result))
+            except BaseException as exc:                    # sent back, raised there
+                try:
+                    conn.send(("error", exc))
+                except Exception:
+                    conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
