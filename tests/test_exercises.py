@@ -554,3 +554,38 @@ def test_the_training_command_line_takes_use_exercise(tmp_path, capsys):
     theirs = main(flags + ["--out", str(tmp_path / "b")])
     assert ours.history[0]["train_loss"] == pytest.approx(theirs.history[0]["train_loss"],
                                                           rel=1e-6)
+
+
+# -- the docs: each layer page ends with its exercise; the notebook runs -----------
+def test_every_layer_page_ends_with_its_exercise_section():
+    from minivit.exercises import pages
+    root = os.path.join(os.path.dirname(MINIVIT_DIR), "docs", "layers")
+    assert sorted(n for names in pages.PAGES.values() for n in names) == sorted(
+        ex.name for ex in exercises.EXERCISES)
+    for page in pages.PAGES:
+        with open(os.path.join(root, f"{page}.md"), encoding="utf-8") as f:
+            text = f.read()
+        assert text.count(pages.MARK) == 1 and text.endswith(pages.section(page)), (
+            f"docs/layers/{page}.md: rewrite its exercise section with "
+            "`python -m minivit.exercises.pages docs/layers`")
+        for name in pages.PAGES[page]:
+            for mistake in exercises.get(name).mistakes:
+                assert all(h in text for h in mistake.hints)
+
+
+def test_the_notebook_runs_an_exercise_end_to_end(tmp_path, capsys, monkeypatch):
+    import json
+    monkeypatch.chdir(tmp_path)
+    path = os.path.join(os.path.dirname(MINIVIT_DIR), "examples", "notebooks",
+                        "your_first_backward.ipynb")
+    with open(path, encoding="utf-8") as f:
+        cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
+    namespace = {"__name__": "__main__"}
+    for cell in cells:
+        exec(compile("".join(cell["source"]), path, "exec"), namespace)     # noqa: S102
+    out = capsys.readouterr().out
+    assert "still the stub" in out and "the variance path is dropped" in out
+    assert "Hint 2:" in out and "PASSED: LayerNorm" in out
+    assert "2. layernorm      LayerNorm              passed" in out
+    assert "largest relative difference over 32 gradients: below 1e-12" in out
+    assert os.listdir(tmp_path) == []                   # it wrote into its own temp folder

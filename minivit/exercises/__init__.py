@@ -1,5 +1,7 @@
 """Learn by doing: write each backward yourself, graded by the gradient check.
 
+On the command line::
+
     python -m minivit.exercises                      # the exercises, with your status
     python -m minivit.exercises start layernorm      # writes minivit_exercises/layernorm.py
     python -m minivit.exercises check layernorm      # grades it (--hint 2, 3: more help)
@@ -32,9 +34,9 @@ from minivit.exercises.specs_attention import ATTENTION, CROSS_ENTROPY, PATCH_EM
 from minivit.exercises.specs_model import BLOCK, VIT
 from minivit.exercises.swap import use_exercise, use_exercises
 
+# The exercises, in the order to do them.
 EXERCISES = (LINEAR, LAYERNORM, GELU, SOFTMAX, ATTENTION, PATCH_EMBED, CROSS_ENTROPY,
              BLOCK, VIT)
-"""The exercises, in the order to do them."""
 
 
 def get(name):

@@ -94,6 +94,13 @@ class Exercise:
         return f"d{tensor}" if "." not in tensor else f"d {tensor}"
 
 
+class Fns:
+    """A forward/backward pair (e.g. a starter's forward with a mistake's backward)."""
+
+    def __init__(self, forward, backward):
+        self.forward, self.backward = forward, backward
+
+
 def call_forward(ex: Exercise, forward, case: Case):
     """y, cache of ``forward`` on the case (inputs as they are now)."""
     if ex.kind == "modules":
@@ -159,7 +166,7 @@ def random_case_values(rng, **shapes) -> dict:
 
 
 def rel_error(a, b):
-    """Elementwise |a - b| / max(|a|, |b|, floor), floor = 1e-3 * max|b| (as
+    """Elementwise ``|a - b| / max(|a|, |b|, floor)``, ``floor = 1e-3 * max|b|`` (as
     :mod:`minivit.gradcheck` measures), to say which elements disagree."""
     a, b = numpy.asarray(a, dtype=numpy.float64), numpy.asarray(b, dtype=numpy.float64)
     floor = 1e-3 * float(numpy.abs(b).max()) if b.size else 0.0

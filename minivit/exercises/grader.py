@@ -154,16 +154,11 @@ def _reference(ex, case, subject):
         return None
 
 
-class _Fn:
-    def __init__(self, forward, backward):
-        self.forward, self.backward = forward, backward
-
-
 def _recognise(ex, case, learner, truth, wrong):
     """Mistakes that give the learner's numbers on each wrong tensor."""
     found = []
     for mistake in ex.mistakes:
-        theirs = _reference(ex, case, _Fn(ex.starter_module.forward, mistake.backward))
+        theirs = _reference(ex, case, base.Fns(ex.starter_module.forward, mistake.backward))
         if theirs is None:
             continue
         explains = [n for n in wrong
@@ -195,9 +190,8 @@ def grade(ex, subject, hint: int = 1) -> CheckResult:
             learner, problem = _run_subject(ex, subject, case)
             if problem:
                 message, kind = problem
-                return CheckResult(ex.name, False, "\n".join(
-                    lines + [f"{head}\n  {message}".replace("\n", "\n  ").rstrip()]),
-                    kind, wrong=[])
+                shown = "  " + message.replace("\n", "\n  ")
+                return CheckResult(ex.name, False, "\n".join(lines + [head, shown]), kind)
             truth = _reference(ex, case, ex.reference)
             loss = base.loss_function(ex, case)
             tensors = case.tensors()

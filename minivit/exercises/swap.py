@@ -1,4 +1,4 @@
-"""Your layer in a real model: a learner's forward/backward in place of the library's.
+"""Your layer in a real model: a learner's forward/backward in place of the library's::
 
     from minivit.exercises import use_exercise
     with use_exercise(model, "layernorm", "minivit_exercises/layernorm.py"):
