@@ -307,7 +307,8 @@ BAD = [
      "    return (dy @ W).astype(np.float32)\n", "dtype", ["float32", "float64"]),
     ("raises", "def backward(dy, cache, grads):\n    x, W = cache\n"
      "    return dy @ W @ W @ x\n", "raised",
-     ["your backward raised an error", "line", "return dy @ W @ W @ x", "ValueError"]),
+     ["your backward raised an error", "line", "return dy @ W @ W @ x", "ValueError",
+      "print the .shape"]),
     ("none", "def backward(dy, cache, grads):\n    x, W = cache\n    dx = dy @ W\n", "none",
      ["dx is None", "return dx"]),
     ("tuple", "def backward(dy, cache, grads):\n    x, W = cache\n    return dy @ W, None\n",
@@ -375,6 +376,7 @@ def test_unknown_exercise_and_missing_file(tmp_path, capsys):
     assert exercises.get("Cross-Entropy").name == "cross_entropy"
     result = exercises.check("gelu", str(tmp_path / "nothere.py"))
     assert result.problem == "missing" and "start gelu" in result.text
+    assert cli(["check", "gelu", str(tmp_path / "nothere.py")]) == 2
 
 
 # -- the command line and the learner's folder -------------------------------------
@@ -400,7 +402,7 @@ def test_start_list_check_solution(tmp_path, capsys):
     assert cli(["--dir", folder, "start", "layernorm"]) == 2       # kept, not overwritten
     assert "already exists" in capsys.readouterr().err
     assert "def backward(dy, cache, grads):\n    xhat" in open(path).read()
-    assert cli(["--dir", folder, "check", "layernorm"]) == 0
+    assert cli(["check", "layernorm", "--dir", folder]) == 0           # --dir either side
     out = capsys.readouterr().out
     assert "PASSED" in out and "Next: python -m minivit.exercises start gelu" in out
     assert exercises.status("layernorm", folder) == "passed"

@@ -71,6 +71,8 @@ def start(name, folder=None, force: bool = False, ask=None) -> str:
 
 
 def status(name, folder=None) -> str:
+    """This learner's status for the exercise: "not started", "passed", "failed
+    (dx)", "edited since it passed", ... (see :func:`minivit.exercises.progress.status`)."""
     return progress.status(get(name), folder)
 
 

@@ -14,18 +14,22 @@ from minivit.exercises.loader import ExerciseError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    folder = argparse.ArgumentParser(add_help=False)
+    folder.add_argument("--dir", default=argparse.SUPPRESS, metavar="FOLDER",
+                        help="your exercise folder (default: ./minivit_exercises, or "
+                             "$MINIVIT_EXERCISES)")
     p = argparse.ArgumentParser(
-        prog="python -m minivit.exercises",
+        prog="python -m minivit.exercises", parents=[folder],
         description="Write each backward pass yourself; the gradient check grades it.")
-    p.add_argument("--dir", default=None, metavar="FOLDER",
-                   help="your exercise folder (default: ./minivit_exercises, or "
-                        "$MINIVIT_EXERCISES)")
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("list", help="the exercises in order, with your status (the default)")
-    s = sub.add_parser("start", help="write the starter file of an exercise into your folder")
+    sub.add_parser("list", parents=[folder],
+                   help="the exercises in order, with your status (the default)")
+    s = sub.add_parser("start", parents=[folder],
+                       help="write the starter file of an exercise into your folder")
     s.add_argument("name")
     s.add_argument("--force", action="store_true", help="overwrite an existing file")
-    c = sub.add_parser("check", help="grade your backward against finite differences")
+    c = sub.add_parser("check", parents=[folder],
+                       help="grade your backward against finite differences")
     c.add_argument("name")
     c.add_argument("file", nargs="?", default=None,
                    help="your file (default: <folder>/<name>.py)")
@@ -48,6 +52,7 @@ def _ask(question: str) -> bool:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.dir = getattr(args, "dir", None)
     try:
         if args.command in (None, "list"):
             print(exercises.listing(args.dir))
@@ -68,7 +73,7 @@ def main(argv=None) -> int:
             following = _next(exercises.get(args.name))
             if following:
                 print(f"Next: python -m minivit.exercises start {following.name}")
-        return 0 if result.passed else 1
+        return 0 if result.passed else 2 if result.problem in ("missing", "unreadable") else 1
     except ExerciseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

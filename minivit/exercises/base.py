@@ -160,11 +160,6 @@ def loss_function(ex: Exercise, case: Case):
     return loss
 
 
-def random_case_values(rng, **shapes) -> dict:
-    """name -> standard normal float64 array of that shape."""
-    return {n: rng.standard_normal(s) for n, s in shapes.items()}
-
-
 def rel_error(a, b):
     """Elementwise ``|a - b| / max(|a|, |b|, floor)``, ``floor = 1e-3 * max|b|`` (as
     :mod:`minivit.gradcheck` measures), to say which elements disagree."""

@@ -122,7 +122,11 @@ def _run_subject(ex, subject, case):
         if isinstance(exc.original, NotImplementedError):
             return None, ("your backward is still the stub (it raises NotImplementedError): "
                           "fill in the table in its docstring, then write the code", "stub")
-        return None, (str(exc), "raised")
+        message = str(exc)
+        if isinstance(exc.original, (ValueError, IndexError)):
+            message += ("\nShapes do not fit on that line: print the .shape of each array "
+                        "there; the table in the docstring gives the shape of every gradient.")
+        return None, (message, "raised")
     raw = _grads_of(ex, case, dx, grads)
     for n, value in raw.items():
         problem = _validate(ex, case, n, value, numpy.shape(tensors[n]))
