@@ -512,6 +512,9 @@ def test_every_swappable_exercise_gives_the_librarys_gradients(tmp_path):
             with exercises.use_exercise(model, name, path) as handle:
                 assert handle.count >= 1
                 logits2, dx2, grads2 = forward_backward()
+                if name == "attention":             # kept for the attention maps
+                    assert model.blocks[0].attn.attn_probs.shape == (3, 2, 5, 5)
+                    assert model.blocks[1].attn.attn_probs.shape == (3, 2, 1, 5)
             assert not any("backward" in m.__dict__ for _, m in model.named_modules())
             np.testing.assert_allclose(logits2, logits, rtol=1e-9, atol=1e-12, err_msg=name)
             np.testing.assert_allclose(dx2, dx, rtol=1e-8, atol=1e-12, err_msg=name)

@@ -109,7 +109,8 @@ def _run_subject(ex, subject, case):
             y, reference_y, rtol=1e-9, atol=1e-12):
         return None, ("your forward no longer computes the layer: its output differs from "
                       "the starter's forward. Keep forward as given (you may add to the "
-                      "cache); `start` writes a fresh copy under another name", "forward")
+                      "cache); `python -m minivit.exercises start NAME --dir OTHER_FOLDER` writes a "
+                      "fresh copy", "forward")
     grads = base.prepare_grads(ex, case)
     dy = case.dy.copy() if isinstance(case.dy, numpy.ndarray) else case.dy
     dy_before = case.dy

@@ -92,14 +92,26 @@ def _attention(learner):
 
         def forward_q(x, num_queries=None):
             y = forward(x)
-            object.__setattr__(m, "attn_probs", None)
             state["T"] = x.shape[1]
+            object.__setattr__(m, "attn_probs", _probs(m.cache, x.shape, m.heads,
+                                                       num_queries))
             return y if num_queries is None else y[:, :num_queries].copy()
 
         def backward_q(dout):
             return backward(_pad(dout, state["T"]))
         return forward_q, backward_q
     return make
+
+
+def _probs(cache, x_shape, heads, num_queries):
+    """The attention probabilities (for visualisation), if the learner's cache
+    kept the starter's layout (a at index 4); else None."""
+    B, T, _ = x_shape
+    a = cache[4] if isinstance(cache, tuple) and len(cache) > 4 else None
+    if getattr(a, "shape", None) != (B, heads, T, T):
+        return None
+    a = a if num_queries is None else a[:, :, :num_queries]
+    return backend.to_device(a, a.dtype) if backend.name != "numpy" else a
 
 
 def _pad(dout, T):
