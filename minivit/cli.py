@@ -26,6 +26,7 @@ from minivit.data import (
     load_image_folder,
     normalize,
 )
+from minivit.exercises import use_exercises
 from minivit.pretrained import PRESETS as PRESETS_TIMM
 from minivit.pretrained import EvalTransform, WeightsError, create_model, load_pretrained
 from minivit.pretrained.formats import file_config
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "first run)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress or per-epoch lines, only the final result")
+    g.add_argument("--use-exercise", action="append", default=None, metavar="NAME=FILE",
+                   help="run your own backward from `python -m minivit.exercises` in the "
+                        "model, e.g. layernorm=minivit_exercises/layernorm.py (repeatable)")
 
     g = p.add_argument_group("pretrained weights (fine-tuning; see examples/finetune.py)")
     g.add_argument("--weights", default=None, metavar="FILE",
@@ -361,6 +365,7 @@ def _train(args, world, t_start) -> Trainer:
             world.barrier(watched=False)
             train, test, names, mean, std, evaluated_on = load_data(args, quiet=True)
         model, train, test = build_model(args, train, test, names, say)
+        use_exercises(model, args.use_exercise, say)
         x_train = train[0]
         config = TrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

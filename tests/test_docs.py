@@ -215,7 +215,7 @@ def test_notebook_sync_copies_and_prunes(ext, tmp_path):
 def test_notebooks_are_committed_without_outputs():
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert names == ["attention_forward_backward.ipynb", "backprop_by_hand.ipynb",
-                     "train_and_look_inside.ipynb"]
+                     "train_and_look_inside.ipynb", "your_first_backward.ipynb"]
     for path in NOTEBOOKS.glob("*.ipynb"):
         nb = json.loads(path.read_text(encoding="utf-8"))
         for cell in nb["cells"]:
