@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy
 
 from minivit import backend
+from minivit.exercises.catalog import check, get
 from minivit.exercises.loader import ExerciseError, load_file
 from minivit.module import is_grad_enabled
 
@@ -196,7 +197,6 @@ class use_exercise:
     one that does not pass. ``count`` is the number of layers swapped."""
 
     def __init__(self, model, name, path, verify: bool = True):
-        from minivit.exercises import check, get
         ex = get(name)
         if not ex.swap:
             raise ExerciseError(f"the {ex.name} exercise is graded on its own and has no "
