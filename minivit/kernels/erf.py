@@ -36,7 +36,7 @@ def erf_rational(x, out):
     multiplications, additions and one division, which NumPy runs with SIMD
     on every x86 CPU (SciPy's erf runs one element at a time). Max absolute
     error below ``ERF_FLOAT32_MAX_ABS_ERROR`` (a few float32 ulps of 1); NaN
-    stays NaN, -0.0 stays -0.0, |erf| <= 1. ``out`` may be ``x``."""
+    stays NaN, -0.0 stays -0.0, ``|erf(x)| <= 1``. ``out`` may be ``x``."""
     xp = backend.xp
     xc = xp.clip(x, -4.0, 4.0)
     s = xc * xc
