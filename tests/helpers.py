@@ -30,3 +30,14 @@ def randomize_parameters(module, scale=0.5, seed=0):
         if is_layernorm_gain:
             draws += 1.0
         p.data[...] = backend.to_device(draws, p.data.dtype)
+
+
+def halves_dataset(n, seed):
+    """(x float32 (n, 1, 8, 8), y int64 (n,)): class 0 bright on the left,
+    class 1 bright on the right, Gaussian noise on top."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    x = rng.normal(0.0, 0.5, size=(n, 1, 8, 8))
+    x[y == 0, :, :, :4] += 1.0
+    x[y == 1, :, :, 4:] += 1.0
+    return x.astype(np.float32), y.astype(np.int64)

@@ -20,6 +20,7 @@ import pytest
 from minivit import backend, exercises
 from minivit.exercises.__main__ import main as cli
 from minivit.exercises.base import call_forward
+from helpers import halves_dataset
 from minivit.exercises.progress import MINIVIT_DIR
 
 RIGHT = {
@@ -448,14 +449,6 @@ TINY = dict(image_size=8, patch_size=4, in_channels=1, num_classes=2, dim=16, de
 SWAPPABLE = [ex.name for ex in exercises.EXERCISES if ex.swap]
 
 
-def halves(n, seed):
-    """8x8 images, class 0 bright on the left, class 1 on the right, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, size=n)
-    x = rng.normal(0.0, 0.5, size=(n, 1, 8, 8))
-    x[y == 0, :, :, :4] += 1.0
-    x[y == 1, :, :, 4:] += 1.0
-    return x.astype(np.float32), y.astype(np.int64)
 
 
 def _train_a_little(tmp_path, swaps=(), dtype="float32"):
@@ -464,7 +457,7 @@ def _train_a_little(tmp_path, swaps=(), dtype="float32"):
     with backend.using("numpy", dtype=dtype):
         model = ViT(**TINY, seed=0)
         handles = [exercises.use_exercise(model, name, path) for name, path in swaps]
-        trainer = Trainer(model, halves(48, 1), halves(16, 2),
+        trainer = Trainer(model, halves_dataset(48, 1), halves_dataset(16, 2),
                           TrainConfig(epochs=2, batch_size=8, lr=1e-2, warmup_epochs=0.5,
                                       augment=False, seed=7),
                           out_dir=str(tmp_path / f"run{len(swaps)}"), dataset="halves",

@@ -27,22 +27,12 @@ from minivit.train import (
     format_duration,
 )
 from minivit.vit import ViT
+from helpers import halves_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIMING_KEYS = ("epoch_time_s", "images_per_s", "elapsed_s")
 TINY_MODEL = dict(image_size=8, patch_size=4, in_channels=1, num_classes=2, dim=16,
                   depth=1, heads=2, mlp_dim=32)
-
-
-def halves_dataset(n, seed):
-    """(x float32 (n, 1, 8, 8), y int64 (n,)): class 0 bright on the left,
-    class 1 bright on the right, Gaussian noise on top."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, size=n)
-    x = rng.normal(0.0, 0.5, size=(n, 1, 8, 8))
-    x[y == 0, :, :, :4] += 1.0
-    x[y == 1, :, :, 4:] += 1.0
-    return x.astype(np.float32), y.astype(np.int64)
 
 
 TRAIN = halves_dataset(96, seed=1)
