@@ -7,7 +7,8 @@ rooms of a readable size.
   reuse (``out=``) and no kernel code: its only tie to minivit/kernels/ is
   ``from minivit import kernels`` and lines ``if kernels.enabled():`` that
   name, in a comment, the kernel file with the same function, faster.
-* The files of the kernels, parallelism and benchmarks stay about 300 lines.
+* The files of the kernels, parallelism, training, command line and
+  benchmarks stay about 300 lines; the training loop itself about 250.
 """
 
 import ast
@@ -187,6 +188,7 @@ def test_every_kernel_names_the_reference_it_replaces():
 
 
 ROOMS = sorted(list((PACKAGE / "kernels").glob("*.py")) + list((PACKAGE / "parallel").glob("*.py"))
+               + list((PACKAGE / "training").glob("*.py")) + list((PACKAGE / "cli").glob("*.py"))
                + LAYER_FILES + list(BENCHMARKS.glob("*.py"))
                + [PACKAGE / "module.py", PACKAGE / "memory.py", PACKAGE / "special.py"])
 
@@ -198,3 +200,14 @@ def test_rooms_are_about_300_lines(path):
     if name in LARGER_ROOMS:
         return
     assert lines <= ROOM_LINES, f"{name} has {lines} lines; split it by concern"
+
+
+def test_the_training_loop_reads_in_one_sitting():
+    loop = PACKAGE / "training" / "loop.py"
+    text = loop.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 270, "minivit/training/loop.py: keep the loop short"
+    for name in ("def fit", "def train_epoch", "def evaluate"):
+        assert name in text
+    # one process and N ranks run the same lines: no branch on the world's size
+    branches = re.findall(r".*\bworld\.(?:distributed|size)\b.*", text)
+    assert not branches, f"loop.py branches on the world: {branches}"
