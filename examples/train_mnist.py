@@ -15,7 +15,7 @@ Outputs go to ``--out`` (default ``runs/<dataset>``): ``last.npz`` and
 TensorBoard event files. ``--help`` lists every option.
 
 The recipes live in ``minivit/config.py`` (``PRESETS``), the command line in
-``minivit/cli.py``, the training loop in ``minivit/train.py``.
+``minivit/cli/``, the training loop in ``minivit/training/loop.py``.
 """
 
 import sys

@@ -201,7 +201,7 @@ def device_rng():
 @contextlib.contextmanager
 def thread_device_rng(generator):
     """Within this block, in this thread, dropout masks come from
-    ``generator``: each model replica (``minivit.replicas``) draws its own,
+    ``generator``: each model replica (``minivit.parallel.replicas``) draws its own,
     so the masks do not depend on which thread happens to draw first."""
     previous = getattr(_thread_rng, "generator", None)
     _thread_rng.generator = generator
