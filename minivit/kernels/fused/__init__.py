@@ -1,0 +1,125 @@
+"""Fused CPU kernels, compiled by numba: one loop per operation instead of one
+pass over memory per arithmetic step.
+
+NumPy runs every arithmetic step of a kernel as its own pass over the array
+(the tanh GELU thirteen, LayerNorm and softmax six or seven each); a loop
+compiled to machine code does the whole formula per element, or per row,
+while it is in registers. `numba <https://numba.pydata.org>`_ is the standard
+library for this: it compiles plain Python loops over NumPy arrays with
+LLVM, installs as wheels, and runs a loop's iterations on every core with
+``prange``. It is optional, the extra ``fast`` (``pip install -e ".[fast]"``);
+without it the NumPy kernels of ``minivit/kernels/`` run, unchanged.
+
+One file per kind of work, each function's docstring naming the reference it
+replaces; ``tests/test_kernels_fused.py`` checks each against it:
+
+==============  ==========================================================
+file            what it holds
+==============  ==========================================================
+layernorm.py    LayerNorm forward and backward, one pass per row
+gelu.py         GELU (tanh and exact) with dy/dx, one pass per element
+softmax.py      the attention softmax with its scale, and its backward
+dropout.py      the dropout mask and product in one pass
+loss.py         softmax cross-entropy: loss and dlogits in one pass per row
+adamw.py        the AdamW update, one pass over each parameter
+==============  ==========================================================
+
+Compiled code is cached on disk (``cache=True``): beside the sources, or,
+where that directory is not writable, in numba's user-wide cache
+(``NUMBA_CACHE_DIR`` if set). Threads: a kernel runs its rows on numba's
+threads only when the work is large, the caller is not one of several
+threads already at work (``minivit.parallel.threads.serial``, which the
+replicas and their forked workers use) and no other thread is inside a
+parallel kernel (numba's default thread pool may not be entered twice at
+once); otherwise the same loop runs serially on the calling thread. So the
+forked replica workers never start numba threads of their own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+
+MIN_NUMBA = (0, 60)
+EXTRA = 'pip install -e ".[fast]"'
+
+_status = None          # None: not checked yet; "" usable; else why not
+
+
+def _version_tuple(text: str) -> tuple:
+    parts = []
+    for piece in text.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def problem() -> str:
+    """Why the fused kernels cannot run here ("" when they can). Imports
+    nothing heavier than numba's version module."""
+    global _status
+    if _status is None:
+        if importlib.util.find_spec("numba") is None:
+            _status = f"numba is not installed (install the extra: {EXTRA})"
+        else:
+            try:
+                from numba import __version__ as version
+            except Exception as exc:                 # a broken install
+                _status = f"numba does not import ({exc}); reinstall it: {EXTRA}"
+            else:
+                if _version_tuple(version) < MIN_NUMBA:
+                    _status = (f"numba {version} is older than the "
+                               f"{'.'.join(map(str, MIN_NUMBA))} the fused kernels need "
+                               f"(upgrade: {EXTRA})")
+                else:
+                    _status = ""
+        if _status and importlib.util.find_spec("numba") is not None:
+            import warnings
+            warnings.warn(f"minivit: fused kernels off, NumPy kernels run instead: {_status}",
+                          RuntimeWarning, stacklevel=3)
+    return _status
+
+
+def available() -> bool:
+    """True when numba of a usable version is installed."""
+    return problem() == ""
+
+
+def require() -> None:
+    """Raise a RuntimeError naming the extra when the fused kernels cannot run."""
+    if not available():
+        raise RuntimeError(f"MINIVIT_KERNELS=fused needs numba >= "
+                           f"{'.'.join(map(str, MIN_NUMBA))}: {problem()}")
+
+
+# Below this many elements a kernel runs on the calling thread: handing work
+# to threads would cost more than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+_launch = threading.Lock()
+
+
+def run(serial_kernel, parallel_kernel, size, *args):
+    """``parallel_kernel(*args)`` on numba's threads when that is safe and
+    worth it (see the module docstring), else ``serial_kernel(*args)``."""
+    from minivit.parallel import threads
+    if size >= PARALLEL_MIN_ELEMENTS and not threads.is_serial() \
+            and _launch.acquire(blocking=False):
+        try:
+            _set_threads()
+            return parallel_kernel(*args)
+        finally:
+            _launch.release()
+    return serial_kernel(*args)
+
+
+_threads_set = threading.local()     # numba's thread count is per calling thread
+
+
+def _set_threads():
+    """numba's threads follow ``MINIVIT_NUM_THREADS`` (and the cores allowed)."""
+    from minivit.parallel import threads
+    import numba
+    wanted = max(1, min(threads.num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if getattr(_threads_set, "value", None) != wanted:
+        numba.set_num_threads(wanted)
+        _threads_set.value = wanted
