@@ -23,6 +23,9 @@ gelu.py             GELU (both forms) through exp, with dy/dx at once
 layernorm.py        LayerNorm forward and backward on blocks of rows
 attention.py        the per-head scores, softmax and values, batch-blocked
 linear.py           y = x W^T + b, a share of the rows per core
+dropout.py          dropout's mask and product from the same random numbers
+loss.py             the cross-entropy's fused path (NumPy runs the plain lines)
+adamw.py            the AdamW update's fused path (else the NumPy kernel)
 switch.py           the switch below
 fused/              the same functions as compiled loops (numba, the extra
                     ``fast``): ``minivit/kernels/fused/__init__.py``
@@ -41,6 +44,7 @@ functions; the gradient checks and a short training run in each mode.
 from __future__ import annotations
 
 from minivit.kernels.switch import ENV_VAR, MODES, enabled, mode, use, using  # noqa: F401
-from minivit.kernels import attention, erf, gelu, layernorm, linear, reductions  # noqa: E402
+from minivit.kernels import (adamw, attention, dropout, erf, gelu, layernorm,  # noqa: E402
+                             linear, loss, reductions)
 
 __all__ = ["MODES", "ENV_VAR", "mode", "enabled", "use", "using"]
