@@ -20,7 +20,7 @@ from numba import njit, prange
 from minivit.kernels import fused
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _one(p, g, m, v, i, decay, b1, one_minus_b1, b2, one_minus_b2, sqrt_bc2, eps, step,
          decayed):
     if decayed:
@@ -32,7 +32,7 @@ def _one(p, g, m, v, i, decay, b1, one_minus_b1, b2, one_minus_b2, sqrt_bc2, eps
     p[i] -= (m[i] / denom) * step
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _serial(p, g, m, v, decay, b1, one_minus_b1, b2, one_minus_b2, sqrt_bc2, eps, step,
             decayed):
     for i in range(p.shape[0]):
@@ -40,7 +40,7 @@ def _serial(p, g, m, v, decay, b1, one_minus_b1, b2, one_minus_b2, sqrt_bc2, eps
              decayed)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _parallel(p, g, m, v, decay, b1, one_minus_b1, b2, one_minus_b2, sqrt_bc2, eps, step,
               decayed):
     for i in prange(p.shape[0]):

@@ -13,7 +13,7 @@ from numba import njit, prange
 from minivit.kernels import fused
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _one(x, u, y, p, scale, i):
     t = x.dtype.type
     m = scale if u[i] >= p else t(0.0)
@@ -21,13 +21,13 @@ def _one(x, u, y, p, scale, i):
     y[i] = x[i] * m
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _serial(x, u, y, p, scale):
     for i in range(x.shape[0]):
         _one(x, u, y, p, scale, i)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _parallel(x, u, y, p, scale):
     for i in prange(x.shape[0]):
         _one(x, u, y, p, scale, i)

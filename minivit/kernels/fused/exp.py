@@ -44,7 +44,7 @@ def _int32_bits_as_float32(typingctx, value):
     return types.float32(value), codegen
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _exp32(z):
     t = types.float32
     k = math.floor(z * t(_LOG2E) + t(0.5))
@@ -81,7 +81,7 @@ def _exp_overload(z):
     return lambda z: math.exp(z)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _erf32(x):
     t = types.float32
     xc = min(max(x, t(-4.0)), t(4.0))

@@ -33,7 +33,7 @@ INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _tanh_one(x, y, dydx, i, want_dydx):
     t = x.dtype.type
     v = x[i]
@@ -47,7 +47,7 @@ def _tanh_one(x, y, dydx, i, want_dydx):
         dydx[i] = (t(1.0) + (v - out) * k) / e
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _exact_one(x, y, dydx, i, want_dydx):
     t = x.dtype.type
     v = x[i]
@@ -57,25 +57,25 @@ def _exact_one(x, y, dydx, i, want_dydx):
         dydx[i] = cdf + v * (exp(t(-0.5) * v * v) * t(INV_SQRT_2PI))   # Phi + x phi
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _tanh_serial(x, y, dydx, want_dydx):
     for i in range(x.shape[0]):
         _tanh_one(x, y, dydx, i, want_dydx)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _tanh_parallel(x, y, dydx, want_dydx):
     for i in prange(x.shape[0]):
         _tanh_one(x, y, dydx, i, want_dydx)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _exact_serial(x, y, dydx, want_dydx):
     for i in range(x.shape[0]):
         _exact_one(x, y, dydx, i, want_dydx)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _exact_parallel(x, y, dydx, want_dydx):
     for i in prange(x.shape[0]):
         _exact_one(x, y, dydx, i, want_dydx)

@@ -27,7 +27,7 @@ _REDUCE = {"reassoc", "contract"}
 _CHUNKS = 16             # chunks of rows for the parameter-gradient sums
 
 
-@njit(cache=True, nogil=True, fastmath=_REDUCE)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=_REDUCE)
 def _forward_row(x, xhat, rstd, y, gamma, beta, eps, i, keep_xhat):
     D = x.shape[1]
     t = x.dtype.type
@@ -49,19 +49,19 @@ def _forward_row(x, xhat, rstd, y, gamma, beta, eps, i, keep_xhat):
         y[i, j] = h * gamma[j] + beta[j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _forward_serial(x, xhat, rstd, y, gamma, beta, eps, keep_xhat):
     for i in range(x.shape[0]):
         _forward_row(x, xhat, rstd, y, gamma, beta, eps, i, keep_xhat)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _forward_parallel(x, xhat, rstd, y, gamma, beta, eps, keep_xhat):
     for i in prange(x.shape[0]):
         _forward_row(x, xhat, rstd, y, gamma, beta, eps, i, keep_xhat)
 
 
-@njit(cache=True, nogil=True, fastmath=_REDUCE)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=_REDUCE)
 def _backward_rows(dout, xhat, rstd, gamma, dx, dgamma, dbeta, lo, hi):
     """Rows lo..hi-1: dx, and their sums of dy * xhat and dy into dgamma, dbeta."""
     D = dout.shape[1]
@@ -84,7 +84,7 @@ def _backward_rows(dout, xhat, rstd, gamma, dx, dgamma, dbeta, lo, hi):
             dbeta[j] += dout[i, j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _backward_serial(dout, xhat, rstd, gamma, dx, dgamma, dbeta):
     R = dout.shape[0]
     chunks = dgamma.shape[0]
@@ -93,7 +93,7 @@ def _backward_serial(dout, xhat, rstd, gamma, dx, dgamma, dbeta):
                        R * c // chunks, R * (c + 1) // chunks)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _backward_parallel(dout, xhat, rstd, gamma, dx, dgamma, dbeta):
     R = dout.shape[0]
     chunks = dgamma.shape[0]

@@ -17,7 +17,7 @@ from numba import njit
 _REDUCE = {"reassoc", "contract"}
 
 
-@njit(cache=True, nogil=True, fastmath=_REDUCE)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=_REDUCE)
 def _rows(logits, labels, per_row, dlogits, keep, smooth, smooth_each, batch):
     B, K = logits.shape
     t = logits.dtype.type

@@ -22,29 +22,35 @@ from minivit.kernels.fused.exp import exp
 _REDUCE = {"reassoc", "contract"}
 
 
-@njit(cache=True, nogil=True, fastmath=_REDUCE)
+# The row max may assume no NaN (so that it vectorises): a NaN score, or an
+# inf (inf - inf), makes its exp NaN and with it the row's sum, so the whole
+# row is NaN as in the reference, whatever the max was.
+@njit(cache=True, error_model="numpy", nogil=True, inline="always",
+      fastmath={"nnan", "nsz", "reassoc"})
+def _row_max(scores, i, scale):
+    top = scores[i, 0] * scale
+    for j in range(1, scores.shape[1]):
+        top = max(top, scores[i, j] * scale)
+    return top
+
+
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=_REDUCE)
 def _softmax_rows(scores, out, scale):
     R, T = scores.shape
     t = scores.dtype.type
     for i in range(R):
-        top = scores[i, 0] * scale
-        for j in range(1, T):
-            v = scores[i, j] * scale
-            if v > top or v != v:                   # NaN wins, as in numpy's max
-                top = v
-            if top != top:
-                break
+        top = _row_max(scores, i, scale)
+        for j in range(T):                          # (apart from the sum: so it vectorises)
+            out[i, j] = exp(scores[i, j] * scale - top)
         total = t(0.0)
         for j in range(T):
-            e = exp(scores[i, j] * scale - top)
-            out[i, j] = e
-            total += e
+            total += out[i, j]
         inv = t(1.0) / total
         for j in range(T):
             out[i, j] = out[i, j] * inv
 
 
-@njit(cache=True, nogil=True, fastmath=_REDUCE)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=_REDUCE)
 def _softmax_backward_rows(dattn, attn, scale):
     R, T = attn.shape
     t = attn.dtype.type
