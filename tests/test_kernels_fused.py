@@ -26,11 +26,14 @@ EDGES = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 3.0, -3.0, 9.0, -9.0, 50.0, -50.
          1e4, -1e4, 1e12, -1e12, np.inf, -np.inf, np.nan]
 
 
-@pytest.fixture(params=[False, True], ids=["serial", "parallel"])
+@pytest.fixture(params=[False, True], ids=["direct", "threads"])
 def parallel(request, monkeypatch):
-    """Each test on the serial loops and, with no size threshold, on numba's threads."""
+    """Each test on one call and, with no size threshold, on blocks of rows in
+    parallel_rows' threads."""
     if request.param:
-        monkeypatch.setattr(fused, "PARALLEL_MIN_ELEMENTS", 0)
+        from minivit.parallel import threads
+        monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(threads, "BLOCK_BYTES", 4096)       # many blocks
     return request.param
 
 
@@ -347,9 +350,9 @@ def test_an_old_numba_is_refused_with_a_warning(monkeypatch):
 
 # -- threads and processes ------------------------------------------------------
 def test_threads_at_once_each_get_the_right_answer(monkeypatch):
-    """Several threads in parallel kernels at once: one gets numba's threads,
-    the others the serial loop (numba's pool may not be entered twice)."""
-    monkeypatch.setattr(fused, "PARALLEL_MIN_ELEMENTS", 0)
+    """Several threads in fused kernels at once, each split in blocks."""
+    from minivit.parallel import threads
+    monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 0)
     from minivit.kernels.fused.gelu import gelu_with_derivative
     xs = [np.random.default_rng(s).standard_normal((300, 64)).astype(np.float32)
           for s in range(4)]
@@ -374,9 +377,10 @@ def test_threads_at_once_each_get_the_right_answer(monkeypatch):
 
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 def test_a_short_training_with_replicas_on_the_fused_kernels(processes, monkeypatch):
-    """Replicas (threads, or forked workers after the parent used numba's
-    threads) train as the NumPy kernels do."""
-    monkeypatch.setattr(fused, "PARALLEL_MIN_ELEMENTS", 0)      # the parent uses the pool
+    """Replicas (threads, or forked workers after the parent ran fused
+    kernels in its threads) train as the NumPy kernels do."""
+    from minivit.parallel import threads
+    monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 0)     # the parent uses its pool
     from minivit.optim import AdamW, param_groups_weight_decay
     from minivit.parallel.replicas import Replicas
     from minivit.vit import ViT
@@ -386,7 +390,7 @@ def test_a_short_training_with_replicas_on_the_fused_kernels(processes, monkeypa
             backend.seed(0)
             model = ViT(image_size=8, patch_size=4, in_channels=1, num_classes=4, dim=16,
                         depth=2, heads=2, mlp_dim=32, dropout=0.1, seed=0)
-            model.forward(randn(2, 1, 8, 8))                     # numba's threads start
+            model.forward(randn(2, 1, 8, 8))                     # compiled, run in threads
             optimizer = AdamW(param_groups_weight_decay(model, 0.05), lr=3e-3)
             replicas = Replicas(model, threads=2, processes=processes)
             rng = np.random.default_rng(0)

@@ -6,8 +6,7 @@ NumPy runs every arithmetic step of a kernel as its own pass over the array
 compiled to machine code does the whole formula per element, or per row,
 while it is in registers. `numba <https://numba.pydata.org>`_ is the standard
 library for this: it compiles plain Python loops over NumPy arrays with
-LLVM, installs as wheels, and runs a loop's iterations on every core with
-``prange``. It is optional, the extra ``fast`` (``pip install -e ".[fast]"``);
+LLVM, and installs as wheels. It is optional, the extra ``fast`` (``pip install -e ".[fast]"``);
 without it the NumPy kernels of ``minivit/kernels/`` run, unchanged.
 
 One file per kind of work, each function's docstring naming the reference it
@@ -26,19 +25,23 @@ adamw.py        the AdamW update, one pass over each parameter
 
 Compiled code is cached on disk (``cache=True``): beside the sources, or,
 where that directory is not writable, in numba's user-wide cache
-(``NUMBA_CACHE_DIR`` if set). Threads: a kernel runs its rows on numba's
-threads only when the work is large, the caller is not one of several
-threads already at work (``minivit.parallel.threads.serial``, which the
-replicas and their forked workers use) and no other thread is inside a
-parallel kernel (numba's default thread pool may not be entered twice at
-once); otherwise the same loop runs serially on the calling thread. So the
-forked replica workers never start numba threads of their own.
+(``NUMBA_CACHE_DIR`` if set).
+
+Threads: the compiled loops are serial and release the GIL (``nogil``); large
+work runs them on blocks of rows on every core through
+``minivit.parallel.threads.parallel_rows``, as the NumPy kernels run. numba's
+own thread pool (``prange``) is not used: measured here, its workers stalled
+for milliseconds when BLAS's threads were still spinning after a matmul,
+and it may not be entered by two threads at once nor, for some of its
+threading layers, be used again after a fork. So the fused kernels inherit
+what the NumPy kernels already do right: one thread per core, BLAS kept to
+one thread meanwhile, and serial loops in the replicas and their forked
+workers (``threads.serial``).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import threading
 
 MIN_NUMBA = (0, 60)
 EXTRA = 'pip install -e ".[fast]"'
@@ -92,34 +95,9 @@ def require() -> None:
                            f"{'.'.join(map(str, MIN_NUMBA))}: {problem()}")
 
 
-# Below this many elements a kernel runs on the calling thread: handing work
-# to threads would cost more than it saves.
-PARALLEL_MIN_ELEMENTS = 1 << 16
-_launch = threading.Lock()
-
-
-def run(serial_kernel, parallel_kernel, size, *args):
-    """``parallel_kernel(*args)`` on numba's threads when that is safe and
-    worth it (see the module docstring), else ``serial_kernel(*args)``."""
-    from minivit.parallel import threads
-    if size >= PARALLEL_MIN_ELEMENTS and not threads.is_serial() \
-            and _launch.acquire(blocking=False):
-        try:
-            _set_threads()
-            return parallel_kernel(*args)
-        finally:
-            _launch.release()
-    return serial_kernel(*args)
-
-
-_threads_set = threading.local()     # numba's thread count is per calling thread
-
-
-def _set_threads():
-    """numba's threads follow ``MINIVIT_NUM_THREADS`` (and the cores allowed)."""
-    from minivit.parallel import threads
-    import numba
-    wanted = max(1, min(threads.num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if getattr(_threads_set, "value", None) != wanted:
-        numba.set_num_threads(wanted)
-        _threads_set.value = wanted
+def run(kernel, arrays, scalars=()):
+    """``kernel(*arrays, *scalars)``, the arrays split into blocks of rows
+    (their first axis) on every core by ``parallel_rows`` when they are large;
+    the kernel must treat rows independently."""
+    from minivit.parallel.threads import parallel_rows
+    parallel_rows(lambda *blocks: kernel(*blocks, *scalars), *arrays)

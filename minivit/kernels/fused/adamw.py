@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from numba import njit, prange
+from numba import njit
 
 from minivit.kernels import fused
 
@@ -40,18 +40,11 @@ def _serial(p, g, m, v, decay, b1, one_minus_b1, b2, one_minus_b2, sqrt_bc2, eps
              decayed)
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def _parallel(p, g, m, v, decay, b1, one_minus_b1, b2, one_minus_b2, sqrt_bc2, eps, step,
-              decayed):
-    for i in prange(p.shape[0]):
-        _one(p, g, m, v, i, decay, b1, one_minus_b1, b2, one_minus_b2, sqrt_bc2, eps, step,
-             decayed)
-
 
 def update(p, g, m, v, lr, eps, wd, beta1, beta2, bias_correction1, bias_correction2):
     """Replaces ``adamw_kernel``: p, m, v (C-contiguous, one float dtype) in place."""
     t = p.dtype.type
     flat = [a.reshape(-1) for a in (p, g, m, v)]
-    fused.run(_serial, _parallel, p.size, *flat,
-              t(1.0 - lr * wd), t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2),
-              t(bias_correction2 ** 0.5), t(eps), t(lr / bias_correction1), wd != 0.0)
+    fused.run(_serial, flat,
+              (t(1.0 - lr * wd), t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2),
+               t(bias_correction2 ** 0.5), t(eps), t(lr / bias_correction1), wd != 0.0))

@@ -8,7 +8,7 @@ per element, the mask written over u (drawn for this call alone).
 from __future__ import annotations
 
 import numpy
-from numba import njit, prange
+from numba import njit
 
 from minivit.kernels import fused
 
@@ -27,11 +27,6 @@ def _serial(x, u, y, p, scale):
         _one(x, u, y, p, scale, i)
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def _parallel(x, u, y, p, scale):
-    for i in prange(x.shape[0]):
-        _one(x, u, y, p, scale, i)
-
 
 def forward(x, u, p):
     """Replaces ``mask = (u >= p) / (1 - p); y = x * mask``: (y, mask), the
@@ -39,6 +34,5 @@ def forward(x, u, p):
     x = numpy.ascontiguousarray(x)
     y = numpy.empty_like(x)
     t = x.dtype.type
-    fused.run(_serial, _parallel, x.size, x.reshape(-1), u.reshape(-1), y.reshape(-1),
-              t(p), t(1.0 / (1.0 - p)))
+    fused.run(_serial, (x.reshape(-1), u.reshape(-1), y.reshape(-1)), (t(p), t(1.0 / (1.0 - p))))
     return y, u

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy
-from numba import njit, prange
+from numba import njit
 
 from minivit.kernels import fused
 from minivit.kernels.fused.exp import erf, exp
@@ -33,68 +33,75 @@ INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
+# Each loop body is branch-free (a flag tested inside the loop would keep it
+# from being vectorised), so there is one loop per form and per output set.
 @njit(cache=True, error_model="numpy", nogil=True, inline="always")
-def _tanh_one(x, y, dydx, i, want_dydx):
-    t = x.dtype.type
-    v = x[i]
+def _tanh(v):
+    """(y, 1 + exp(-2u), 2 du/dx) at v."""
+    t = type(v)
     v2 = v * v
     two_u = v * (t(2.0 * SQRT_2_OVER_PI) + t(2.0 * SQRT_2_OVER_PI * COEFF) * v2)
-    e = exp(-two_u) + t(1.0)                           # 1 / s
-    out = v / e                                              # y = x s
-    y[i] = out
-    if want_dydx:
-        k = t(2.0 * SQRT_2_OVER_PI) + t(6.0 * SQRT_2_OVER_PI * COEFF) * v2   # 2 du/dx
-        dydx[i] = (t(1.0) + (v - out) * k) / e
+    e = exp(-two_u) + t(1.0)                                 # 1 / s
+    k = t(2.0 * SQRT_2_OVER_PI) + t(6.0 * SQRT_2_OVER_PI * COEFF) * v2     # 2 du/dx
+    return v / e, e, k                                       # y = x s
 
 
 @njit(cache=True, error_model="numpy", nogil=True, inline="always")
-def _exact_one(x, y, dydx, i, want_dydx):
-    t = x.dtype.type
-    v = x[i]
-    cdf = t(0.5) * (t(1.0) + erf(v * t(INV_SQRT_2)))  # Phi
-    y[i] = v * cdf
-    if want_dydx:
-        dydx[i] = cdf + v * (exp(t(-0.5) * v * v) * t(INV_SQRT_2PI))   # Phi + x phi
+def _exact(v):
+    """(y, Phi, x phi) at v."""
+    t = type(v)
+    cdf = t(0.5) * (t(1.0) + erf(v * t(INV_SQRT_2)))        # Phi
+    return v * cdf, cdf, v * (exp(t(-0.5) * v * v) * t(INV_SQRT_2PI))
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _tanh_serial(x, y, dydx, want_dydx):
+def _tanh_y_serial(x, y):
     for i in range(x.shape[0]):
-        _tanh_one(x, y, dydx, i, want_dydx)
+        y[i] = _tanh(x[i])[0]
 
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def _tanh_parallel(x, y, dydx, want_dydx):
-    for i in prange(x.shape[0]):
-        _tanh_one(x, y, dydx, i, want_dydx)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _exact_serial(x, y, dydx, want_dydx):
+def _tanh_yd_serial(x, y, dydx):
     for i in range(x.shape[0]):
-        _exact_one(x, y, dydx, i, want_dydx)
+        out, e, k = _tanh(x[i])
+        y[i] = out
+        dydx[i] = (type(out)(1.0) + (x[i] - out) * k) / e   # (1 + (x - y) 2 du/dx) s
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def _exact_parallel(x, y, dydx, want_dydx):
-    for i in prange(x.shape[0]):
-        _exact_one(x, y, dydx, i, want_dydx)
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _exact_y_serial(x, y):
+    for i in range(x.shape[0]):
+        y[i] = _exact(x[i])[0]
 
 
-_KERNELS = {"tanh": (_tanh_serial, _tanh_parallel), "none": (_exact_serial, _exact_parallel)}
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _exact_yd_serial(x, y, dydx):
+    for i in range(x.shape[0]):
+        out, cdf, xphi = _exact(x[i])
+        y[i] = out
+        dydx[i] = cdf + xphi                                 # Phi + x phi
+
+
+
+_KERNELS = {("tanh", False): _tanh_y_serial, ("tanh", True): _tanh_yd_serial,
+            ("none", False): _exact_y_serial, ("none", True): _exact_yd_serial}
 
 
 def gelu_with_derivative(x, approximate, with_derivative):
     """Replaces ``minivit.kernels.gelu``'s forward kernels: (y, dydx or None),
     both shaped like x (a C-contiguous copy of x is used if x is not)."""
     x = numpy.ascontiguousarray(x)
-    flat = x.reshape(-1)
     y = numpy.empty_like(x)
-    dydx = numpy.empty_like(x) if with_derivative else y      # y: never written then
-    serial, parallel = _KERNELS[approximate]
-    fused.run(serial, parallel, flat.size, flat, y.reshape(-1), dydx.reshape(-1),
-              with_derivative)
-    return y, (dydx if with_derivative else None)
+    kernel = _KERNELS[approximate, bool(with_derivative)]
+    if with_derivative:
+        dydx = numpy.empty_like(x)
+        fused.run(kernel, (x.reshape(-1), y.reshape(-1), dydx.reshape(-1)))
+        return y, dydx
+    fused.run(kernel, (x.reshape(-1), y.reshape(-1)))
+    return y, None
 
 
 def forward(x, approximate, with_derivative):

@@ -6,9 +6,9 @@ reference lines of ``LayerNorm.forward`` / ``.backward`` in
 once for its mean, once more (from cache) for the variance, and writes xhat
 and y in the same loop; the backward takes both means, mean(dxhat) and
 mean(dxhat * xhat), in one loop and writes dx in a second over the same row.
-The parameter gradients, sums over all rows, are summed per chunk of rows
-(one chunk per thread, no two threads writing one sum) and the chunks added
-at the end. Arithmetic stays in the arrays' dtype, as in the reference.
+The parameter gradients, sums over all rows, are summed per block of rows
+(each block its own sums, so no two threads write one) and the blocks'
+sums added at the end, in row order. Arithmetic stays in the arrays' dtype, as in the reference.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy
-from numba import njit, prange
+from numba import njit
 
 from minivit.kernels import fused
 from minivit.module import is_grad_enabled
@@ -24,7 +24,6 @@ from minivit.module import is_grad_enabled
 # reductions may be reordered (so they vectorise); nothing else is relaxed,
 # so NaN and inf propagate as in the reference
 _REDUCE = {"reassoc", "contract"}
-_CHUNKS = 16             # chunks of rows for the parameter-gradient sums
 
 
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=_REDUCE)
@@ -42,11 +41,14 @@ def _forward_row(x, xhat, rstd, y, gamma, beta, eps, i, keep_xhat):
         sq += c * c
     r = t(1.0) / math.sqrt(sq * inv_d + eps)
     rstd[i, 0] = r
-    for j in range(D):
-        h = (x[i, j] - mu) * r
-        if keep_xhat:
+    if keep_xhat:                 # tested outside the loop, so that it vectorises
+        for j in range(D):
+            h = (x[i, j] - mu) * r
             xhat[i, j] = h
-        y[i, j] = h * gamma[j] + beta[j]
+            y[i, j] = h * gamma[j] + beta[j]
+    else:
+        for j in range(D):
+            y[i, j] = (x[i, j] - mu) * r * gamma[j] + beta[j]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -54,11 +56,6 @@ def _forward_serial(x, xhat, rstd, y, gamma, beta, eps, keep_xhat):
     for i in range(x.shape[0]):
         _forward_row(x, xhat, rstd, y, gamma, beta, eps, i, keep_xhat)
 
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def _forward_parallel(x, xhat, rstd, y, gamma, beta, eps, keep_xhat):
-    for i in prange(x.shape[0]):
-        _forward_row(x, xhat, rstd, y, gamma, beta, eps, i, keep_xhat)
 
 
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=_REDUCE)
@@ -84,24 +81,6 @@ def _backward_rows(dout, xhat, rstd, gamma, dx, dgamma, dbeta, lo, hi):
             dbeta[j] += dout[i, j]
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
-def _backward_serial(dout, xhat, rstd, gamma, dx, dgamma, dbeta):
-    R = dout.shape[0]
-    chunks = dgamma.shape[0]
-    for c in range(chunks):
-        _backward_rows(dout, xhat, rstd, gamma, dx, dgamma[c], dbeta[c],
-                       R * c // chunks, R * (c + 1) // chunks)
-
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def _backward_parallel(dout, xhat, rstd, gamma, dx, dgamma, dbeta):
-    R = dout.shape[0]
-    chunks = dgamma.shape[0]
-    for c in prange(chunks):
-        _backward_rows(dout, xhat, rstd, gamma, dx, dgamma[c], dbeta[c],
-                       R * c // chunks, R * (c + 1) // chunks)
-
-
 def _c(a):
     return numpy.ascontiguousarray(a)
 
@@ -112,11 +91,12 @@ def forward(x_rows, gamma, beta, eps):
     x_rows, gamma, beta = _c(x_rows), _c(gamma), _c(beta)
     keep = is_grad_enabled()
     y = numpy.empty_like(x_rows)
-    xhat = numpy.empty_like(x_rows) if keep else y
+    # not written without grad, but not y either: overlapping arrays would
+    # keep the loop from being vectorised (an untouched allocation is free)
+    xhat = numpy.empty_like(x_rows)
     rstd = numpy.empty((x_rows.shape[0], 1), dtype=x_rows.dtype)
-    fused.run(_forward_serial, _forward_parallel, x_rows.size,
-              x_rows, xhat, rstd, y, gamma, beta, x_rows.dtype.type(eps), keep)
-    return y, xhat, rstd
+    fused.run(_forward_serial, (x_rows, xhat, rstd, y), (gamma, beta, x_rows.dtype.type(eps), keep))
+    return y, (xhat if keep else y), rstd
 
 
 def backward(dout_rows, xhat, rstd, gamma):
@@ -124,10 +104,22 @@ def backward(dout_rows, xhat, rstd, gamma):
     (dx, dgamma, dbeta)."""
     dout_rows, xhat, rstd, gamma = _c(dout_rows), _c(xhat), _c(rstd), _c(gamma)
     R, D = dout_rows.shape
-    chunks = max(1, min(_CHUNKS, R))
     dx = numpy.empty_like(dout_rows)
-    dgamma = numpy.zeros((chunks, D), dtype=dout_rows.dtype)
-    dbeta = numpy.zeros((chunks, D), dtype=dout_rows.dtype)
-    fused.run(_backward_serial, _backward_parallel, dout_rows.size,
-              dout_rows, xhat, rstd, gamma, dx, dgamma, dbeta)
-    return dx, dgamma.sum(axis=0), dbeta.sum(axis=0)
+    parts = []                           # (first row, dgamma, dbeta) of each block
+    row_bytes = dout_rows.strides[0]
+
+    def block(dout_b, xhat_b, rstd_b, dx_b):
+        dgamma_b = numpy.zeros(D, dtype=dout_rows.dtype)
+        dbeta_b = numpy.zeros(D, dtype=dout_rows.dtype)
+        _backward_rows(dout_b, xhat_b, rstd_b, gamma, dx_b, dgamma_b, dbeta_b, 0, dout_b.shape[0])
+        first = (dout_b.ctypes.data - dout_rows.ctypes.data) // row_bytes if R else 0
+        parts.append((first, dgamma_b, dbeta_b))   # list.append: safe across threads
+
+    fused.run(block, (dout_rows, xhat, rstd, dx))
+    parts.sort(key=lambda part: part[0])           # the same order of sums every run
+    dgamma = numpy.zeros(D, dtype=dout_rows.dtype)
+    dbeta = numpy.zeros(D, dtype=dout_rows.dtype)
+    for _, dgamma_b, dbeta_b in parts:
+        dgamma += dgamma_b
+        dbeta += dbeta_b
+    return dx, dgamma, dbeta
