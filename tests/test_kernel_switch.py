@@ -44,6 +44,33 @@ def test_a_bad_environment_value_names_the_valid_ones():
     assert proc.stdout.strip() == "reference"
 
 
+HIDE_NUMBA = "import sys; sys.modules['numba'] = None\n"   # import numba then fails
+
+
+def test_without_numba_fast_runs_the_numpy_kernels_and_fused_names_the_extra():
+    """In a process where numba cannot be imported: the default runs the
+    NumPy kernels and says nothing; MINIVIT_KERNELS=fused is an error naming
+    the extra to install."""
+    step = ("import numpy as np, warnings\nwarnings.simplefilter('error')\n"
+            "from minivit import kernels\nfrom minivit.kernels import fused\n"
+            "from minivit.layers import LayerNorm\n"
+            "x = np.ones((3, 4), np.float32)\n"
+            "y = LayerNorm(4).forward(x)\n"
+            "print(kernels.mode(), fused.available(), y.dtype)\n")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("MINIVIT_KERNELS", None)
+    proc = subprocess.run([sys.executable, "-c", HIDE_NUMBA + step], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["fast", "False", "float32"]
+    assert proc.stderr == ""
+    env["MINIVIT_KERNELS"] = "fused"
+    proc = subprocess.run([sys.executable, "-c", HIDE_NUMBA + "import minivit"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert 'pip install -e ".[fast]"' in proc.stderr and "numba" in proc.stderr
+
+
 def test_reference_mode_runs_none_of_the_kernels(monkeypatch):
     """With the switch on reference, a whole training step calls nothing in
     minivit/kernels/ (each kernel module's public functions replaced by traps)."""

@@ -57,12 +57,19 @@ def _version_tuple(text: str) -> tuple:
     return tuple(parts)
 
 
+def _installed() -> bool:
+    try:
+        return importlib.util.find_spec("numba") is not None
+    except (ImportError, ValueError):          # e.g. sys.modules["numba"] = None
+        return False
+
+
 def problem() -> str:
     """Why the fused kernels cannot run here ("" when they can). Imports
     nothing heavier than numba's version module."""
     global _status
     if _status is None:
-        if importlib.util.find_spec("numba") is None:
+        if not _installed():
             _status = f"numba is not installed (install the extra: {EXTRA})"
         else:
             try:
@@ -76,7 +83,7 @@ def problem() -> str:
                                f"(upgrade: {EXTRA})")
                 else:
                     _status = ""
-        if _status and importlib.util.find_spec("numba") is not None:
+        if _status and _installed():
             import warnings
             warnings.warn(f"minivit: fused kernels off, NumPy kernels run instead: {_status}",
                           RuntimeWarning, stacklevel=3)
