@@ -120,13 +120,15 @@ def machine_info(torch_info, threads, torch_device="cpu") -> dict:
     capability), or None without PyTorch."""
     import numpy as np  # noqa: PLC0415
 
-    from minivit import backend, memory  # noqa: PLC0415
+    from minivit import backend, kernels, memory  # noqa: PLC0415
+    from minivit.kernels import fused  # noqa: PLC0415
     torch_info = torch_info or {}
     info = dict(platform=platform.platform(), processor=platform.processor() or
                 platform.machine(), cpu_model=cpu_model(), cpu_count=os.cpu_count(),
                 threads=threads, backend=backend.name, numpy=np.__version__,
                 numpy_simd=numpy_simd(), torch=torch_info.get("version"),
-                torch_device=torch_device, keep_freed_memory=memory.is_kept())
+                torch_device=torch_device, keep_freed_memory=memory.is_kept(),
+                kernels=kernels.mode(), numba=_numba_version() if fused.available() else None)
     if torch_info.get("cpu_capability"):
         info["torch_cpu_capability"] = torch_info["cpu_capability"]
     if backend.name == "cupy":
@@ -153,6 +155,16 @@ def print_machine(m) -> None:
                 if m.get("torch_cpu_capability") else "")
              + ", own process, glibc malloc defaults)" if m["torch"] else "")
           + f"; minivit keeps freed memory: {'yes' if m.get('keep_freed_memory') else 'no'}")
+    if "kernels" in m:
+        fused_on = m["kernels"] in ("fast", "fused") and m.get("numba")
+        print(f"minivit kernels: MINIVIT_KERNELS={m['kernels']} -> "
+              + (f"fused (numba {m['numba']})" if fused_on else
+                 "NumPy" if m["kernels"] != "reference" else "reference code"))
+
+
+def _numba_version():
+    import numba  # noqa: PLC0415
+    return numba.__version__
 
 
 def measure_peak_memory(step, backend):

@@ -3,6 +3,12 @@
 import numpy as np
 
 from minivit import backend
+from minivit.kernels import fused
+
+# The kernel modes the mode-parametrised tests run: the default ("fast") and
+# the reference; where numba is installed "fast" runs the fused kernels, so
+# the NumPy kernels ("numpy") are run as well.
+KERNEL_MODES = ("fast", "reference") + (("numpy",) if fused.available() else ())
 
 
 def randn(*shape, seed=0, scale=1.0):

@@ -9,7 +9,7 @@ where present, CuPy; and every check twice, once on the fast kernels
 
 import numpy as np
 import pytest
-from helpers import randn, randomize_parameters
+from helpers import KERNEL_MODES, randn, randomize_parameters
 
 from minivit import backend, kernels
 from minivit.gradcheck import assert_gradients_ok, check_module
@@ -21,10 +21,11 @@ from minivit.vit import ViT
 TOL = 1e-6
 
 
-@pytest.fixture(autouse=True, params=kernels.MODES)
+@pytest.fixture(autouse=True, params=KERNEL_MODES)
 def kernel_mode(request):
     """Each test runs on the fast kernels and on the reference code
-    (``MINIVIT_KERNELS=fast`` / ``reference``)."""
+    (``MINIVIT_KERNELS=fast`` / ``reference``), and where numba is installed
+    also on the NumPy kernels (``numpy``; ``fast`` then runs the fused ones)."""
     with kernels.using(request.param):
         yield request.param
 

@@ -59,7 +59,7 @@ import pytest
 import fake_device
 from fake_device import DeviceArray, HostDeviceError
 from helpers import randn
-from minivit import backend
+from minivit import backend, kernels
 from minivit.checkpoint import load_checkpoint, save_checkpoint
 from minivit.gradcheck import assert_gradients_ok, check_module
 from minivit.loss import cross_entropy
@@ -216,7 +216,8 @@ def test_vit_forward_backward_on_the_device(device, pool, pos_embed):
 
 @pytest.mark.parametrize("stride", [None, 2])
 def test_device_run_equals_the_numpy_run(stride):
-    """Without dropout the fake device computes exactly what NumPy computes."""
+    """Without dropout the fake device computes exactly what NumPy computes
+    (on the NumPy kernels, which a device runs: the fused ones are CPU-only)."""
     def run():
         model = ViT(**SMALL, pool="mean", stride=stride, seed=3)
         logits = model.forward(host_images(3, seed=5))
@@ -226,7 +227,7 @@ def test_device_run_equals_the_numpy_run(stride):
         grads = {k: backend.to_numpy(p.grad) for k, p in model.named_parameters()}
         return backend.to_numpy(logits), loss, backend.to_numpy(dx), grads
 
-    with backend.using("numpy"):
+    with backend.using("numpy"), kernels.using("numpy"):
         ref = run()
     with fake_device.installed():
         got = run()

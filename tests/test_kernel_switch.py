@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import randn, randomize_parameters
+from helpers import KERNEL_MODES, randn, randomize_parameters
 
 from minivit import backend, kernels
 
@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # -- the switch -----------------------------------------------------------------
 def test_the_switch_defaults_to_fast_and_flips_back():
-    assert kernels.MODES == ("fast", "reference")
+    assert kernels.MODES == ("fast", "fused", "numpy", "reference")
     assert kernels.mode() == "fast" and kernels.enabled()
     with kernels.using("reference"):
         assert kernels.mode() == "reference" and not kernels.enabled()
@@ -24,7 +24,7 @@ def test_the_switch_defaults_to_fast_and_flips_back():
             assert kernels.enabled()
         assert not kernels.enabled()
     assert kernels.enabled()
-    with pytest.raises(ValueError, match="one of fast, reference"):
+    with pytest.raises(ValueError, match="one of fast, fused, numpy, reference"):
         kernels.use("quick")
     assert kernels.enabled()
 
@@ -34,7 +34,7 @@ def test_a_bad_environment_value_names_the_valid_ones():
     proc = subprocess.run([sys.executable, "-c", "import minivit"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
-    assert "MINIVIT_KERNELS must be one of fast, reference" in proc.stderr
+    assert "MINIVIT_KERNELS must be one of fast, fused, numpy, reference" in proc.stderr
     assert "'slow'" in proc.stderr
     env["MINIVIT_KERNELS"] = " Reference "
     proc = subprocess.run([sys.executable, "-c",
@@ -42,6 +42,33 @@ def test_a_bad_environment_value_names_the_valid_ones():
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "reference"
+
+
+HIDE_NUMBA = "import sys; sys.modules['numba'] = None\n"   # import numba then fails
+
+
+def test_without_numba_fast_runs_the_numpy_kernels_and_fused_names_the_extra():
+    """In a process where numba cannot be imported: the default runs the
+    NumPy kernels and says nothing; MINIVIT_KERNELS=fused is an error naming
+    the extra to install."""
+    step = ("import numpy as np, warnings\nwarnings.simplefilter('error')\n"
+            "from minivit import kernels\nfrom minivit.kernels import fused\n"
+            "from minivit.layers import LayerNorm\n"
+            "x = np.ones((3, 4), np.float32)\n"
+            "y = LayerNorm(4).forward(x)\n"
+            "print(kernels.mode(), fused.available(), y.dtype)\n")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("MINIVIT_KERNELS", None)
+    proc = subprocess.run([sys.executable, "-c", HIDE_NUMBA + step], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["fast", "False", "float32"]
+    assert proc.stderr == ""
+    env["MINIVIT_KERNELS"] = "fused"
+    proc = subprocess.run([sys.executable, "-c", HIDE_NUMBA + "import minivit"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert 'pip install -e ".[fast]"' in proc.stderr and "numba" in proc.stderr
 
 
 def test_reference_mode_runs_none_of_the_kernels(monkeypatch):
@@ -54,8 +81,9 @@ def test_reference_mode_runs_none_of_the_kernels(monkeypatch):
         raise AssertionError("a fast kernel ran in reference mode")
 
     for module in (kernels.attention, kernels.gelu, kernels.layernorm, kernels.linear,
-                   kernels.reductions):
-        for name in ("forward", "backward", "sum_rows", "sum_last", "mean_last", "dot_last"):
+                   kernels.reductions, kernels.dropout, kernels.loss, kernels.adamw):
+        for name in ("forward", "backward", "sum_rows", "sum_last", "mean_last", "dot_last",
+                     "cross_entropy", "update"):
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, trap)
     with backend.using("numpy", dtype="float32"), kernels.using("reference"):
@@ -72,7 +100,7 @@ def test_reference_mode_runs_none_of_the_kernels(monkeypatch):
 
 
 # -- whole model: gradient check and a short training, in both modes -------------
-@pytest.mark.parametrize("mode", kernels.MODES)
+@pytest.mark.parametrize("mode", KERNEL_MODES)
 def test_whole_model_gradcheck_in_both_modes(mode):
     from minivit.gradcheck import assert_gradients_ok, check_module
     from minivit.vit import ViT

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import KERNEL_MODES
 from test_kernels import DTYPES, EDGES, _fast, _reference
 
 from minivit import backend, kernels
@@ -39,7 +40,7 @@ def test_exact_gelu_matches_the_formula():
     with backend.using("numpy", dtype="float64"):
         # 1 + erf(x / sqrt 2) cancels for x << 0 in both computations alike: a
         # few ulps of erf become ~1e-14 relative there
-        for mode in kernels.MODES:
+        for mode in KERNEL_MODES:
             with kernels.using(mode):
                 np.testing.assert_allclose(layer.forward(x), want, rtol=1e-13, atol=1e-300)
     with pytest.raises(ValueError, match="approximate must be one of"):

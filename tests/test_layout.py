@@ -173,11 +173,16 @@ def test_layer_files_are_the_derivation(path):
             assert (ROOT / match.group(1)).is_file(), f"{path.name}:{i}: no {match.group(1)}"
 
 
+KERNEL_FILES = sorted(list((PACKAGE / "kernels").glob("*.py"))
+                      + list((PACKAGE / "kernels" / "fused").glob("*.py")))
+
+
 def test_every_kernel_names_the_reference_it_replaces():
-    for path in sorted((PACKAGE / "kernels").glob("*.py")):
+    assert any(p.parent.name == "fused" for p in KERNEL_FILES)
+    for path in KERNEL_FILES:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         assert ast.get_docstring(tree), path.name
-        if path.name == "__init__.py":
+        if path.name in ("__init__.py", "switch.py"):     # a package's map; the switch
             continue
         assert re.search(r"[Rr]eplaces", ast.get_docstring(tree)), path.name
         public = [n for n in tree.body if isinstance(n, ast.FunctionDef)
@@ -187,7 +192,7 @@ def test_every_kernel_names_the_reference_it_replaces():
             assert doc, f"{path.name}: {fn.name} has no docstring"
 
 
-ROOMS = sorted(list((PACKAGE / "kernels").glob("*.py")) + list((PACKAGE / "parallel").glob("*.py"))
+ROOMS = sorted(KERNEL_FILES + list((PACKAGE / "parallel").glob("*.py"))
                + list((PACKAGE / "training").glob("*.py")) + list((PACKAGE / "cli").glob("*.py"))
                + LAYER_FILES + list(BENCHMARKS.glob("*.py"))
                + [PACKAGE / "module.py", PACKAGE / "memory.py", PACKAGE / "special.py"])

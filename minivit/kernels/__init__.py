@@ -23,63 +23,28 @@ gelu.py             GELU (both forms) through exp, with dy/dx at once
 layernorm.py        LayerNorm forward and backward on blocks of rows
 attention.py        the per-head scores, softmax and values, batch-blocked
 linear.py           y = x W^T + b, a share of the rows per core
+dropout.py          dropout's mask and product from the same random numbers
+loss.py             the cross-entropy's fused path (NumPy runs the plain lines)
+adamw.py            the AdamW update's fused path (else the NumPy kernel)
+switch.py           the switch below
+fused/              the same functions as compiled loops (numba, the extra
+                    ``fast``): ``minivit/kernels/fused/__init__.py``
 ==================  ======================================================
 
-The switch: ``MINIVIT_KERNELS=fast`` (the default) or ``reference`` (every
-layer runs the code of its table, end to end: the code a learner reads and
-can step through in a debugger). Within a process, :func:`use` or, for a
-block, :func:`using`. Both paths compute the same functions; the gradient
-checks and a short training run in both modes.
+The switch (``switch.py``): ``MINIVIT_KERNELS=fast`` (the default: the fused
+kernels where numba is installed and the arrays are NumPy float32/float64,
+the NumPy kernels otherwise), ``fused`` (numba required: an error naming the
+extra where it is missing), ``numpy`` (the NumPy kernels only) or
+``reference`` (every layer runs the code of its table, end to end: the code
+a learner reads and can step through in a debugger). Within a process,
+:func:`use` or, for a block, :func:`using`. All paths compute the same
+functions; the gradient checks and a short training run in each mode.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-
-MODES = ("fast", "reference")
-ENV_VAR = "MINIVIT_KERNELS"
-
-
-def _checked(mode: str, where: str) -> str:
-    value = str(mode).strip().lower()
-    if value not in MODES:
-        raise ValueError(f"{where} must be one of {', '.join(MODES)} ('fast', the default, "
-                         f"runs minivit/kernels/; 'reference' runs the layers' plain "
-                         f"derivation code), got {mode!r}")
-    return value
-
-
-_mode = _checked(os.environ.get(ENV_VAR, "").strip() or "fast", ENV_VAR)
-
-
-def mode() -> str:
-    """``"fast"`` or ``"reference"``: the kernels the layers run now."""
-    return _mode
-
-
-def enabled() -> bool:
-    """True when the layers run the fast kernels of this package."""
-    return _mode == "fast"
-
-
-def use(new_mode: str) -> None:
-    """Switch every layer to ``"fast"`` or ``"reference"`` (process-wide)."""
-    global _mode
-    _mode = _checked(new_mode, "kernels.use()")
-
-
-@contextlib.contextmanager
-def using(new_mode: str):
-    """``with kernels.using("reference"):`` runs a block on the reference code."""
-    previous = _mode
-    use(new_mode)
-    try:
-        yield
-    finally:
-        use(previous)
-
-
-from minivit.kernels import attention, erf, gelu, layernorm, linear, reductions  # noqa: E402
+from minivit.kernels.switch import ENV_VAR, MODES, enabled, mode, use, using  # noqa: F401
+from minivit.kernels import (adamw, attention, dropout, erf, gelu, layernorm,  # noqa: E402
+                             linear, loss, reductions)
 
 __all__ = ["MODES", "ENV_VAR", "mode", "enabled", "use", "using"]

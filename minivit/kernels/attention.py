@@ -16,6 +16,7 @@ from functools import partial
 
 from minivit import backend
 from minivit.kernels.reductions import dot_last, sum_last
+from minivit.kernels.switch import fused_for
 from minivit.parallel.threads import parallel_rows
 
 
@@ -47,6 +48,10 @@ def softmax_of_score_matrices(scores, out):
 def scores_softmax_kernel(q, k, attn, scale):
     """attn = softmax(q k^T * scale)"""
     scores = q @ k.transpose(0, 1, 3, 2)
+    if fused_for(scores, attn) and attn.flags.c_contiguous:
+        from minivit.kernels.fused import softmax as fused_softmax
+        fused_softmax.softmax_scaled(scores, attn, scale)   # minivit/kernels/fused/softmax.py
+        return
     scores *= scale
     softmax_of_score_matrices(scores, out=attn)
 
@@ -68,9 +73,13 @@ def scores_backward_kernel(dattn, attn, q, k, dq, dk, scale):
     ds = a * (da - sum(da * a)) * scale (in place in dattn),  dq = ds k,  dk = ds^T q"""
     xp = backend.xp
     dscores = dattn
-    dscores -= dot_last(dattn, attn)
-    dscores *= attn
-    dscores *= scale
+    if fused_for(dattn, attn) and dattn.flags.c_contiguous:
+        from minivit.kernels.fused import softmax as fused_softmax
+        fused_softmax.softmax_backward_in_place(dattn, attn, scale)
+    else:
+        dscores -= dot_last(dattn, attn)
+        dscores *= attn
+        dscores *= scale
     xp.matmul(dscores, k, out=dq)
     xp.matmul(dscores.transpose(0, 1, 3, 2), q, out=dk)
 

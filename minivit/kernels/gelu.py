@@ -30,6 +30,7 @@ import numpy
 
 from minivit import backend
 from minivit.kernels.erf import erf, polynomial
+from minivit.kernels.switch import fused_for
 from minivit.parallel.threads import parallel_rows
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -128,7 +129,11 @@ def _kernel(approximate):
 
 def forward(x, approximate, with_derivative):
     """Replaces ``GELU.forward``'s reference lines: (y, saved), where saved is
-    ("dydx", dy/dx) if ``with_derivative`` (training), else ("x", x)."""
+    ("dydx", dy/dx) if ``with_derivative`` (training), else ("x", x).
+    With numba: ``minivit/kernels/fused/gelu.py``."""
+    if fused_for(x):
+        from minivit.kernels.fused import gelu as fused_gelu
+        return fused_gelu.forward(x, approximate, with_derivative)
     xp = backend.xp
     kernel = _kernel(approximate)
     y = xp.empty_like(x)
@@ -144,7 +149,10 @@ def backward(dout, saved, approximate):
     """Replaces ``GELU.backward``'s reference lines: dx = dy * dy/dx."""
     xp = backend.xp
     kind, array = saved
-    if kind == "x":                          # forward ran in eval mode: derive now
+    if kind == "x" and fused_for(array):
+        from minivit.kernels.fused import gelu as fused_gelu
+        dydx = fused_gelu.derivative(array, approximate)
+    elif kind == "x":                        # forward ran in eval mode: derive now
         dydx = xp.empty_like(array)
         parallel_rows(_kernel(approximate), _rows(array), _rows(xp.empty_like(array)),
                       _rows(dydx))

@@ -15,6 +15,7 @@ from functools import partial
 
 from minivit import backend
 from minivit.kernels.reductions import dot_last, mean_last, sum_rows
+from minivit.kernels.switch import fused_for
 from minivit.module import is_grad_enabled
 from minivit.parallel.threads import parallel_rows
 
@@ -47,7 +48,10 @@ def layernorm_backward_kernel(dout, xhat, rstd, dout_xhat, dx, gamma):
 
 def forward(x_rows, gamma, beta, eps):
     """Replaces ``LayerNorm.forward``'s reference lines on rows (R, D):
-    (y, xhat, rstd)."""
+    (y, xhat, rstd). With numba: ``minivit/kernels/fused/layernorm.py``."""
+    if fused_for(x_rows, gamma, beta):
+        from minivit.kernels.fused import layernorm as fused_layernorm
+        return fused_layernorm.forward(x_rows, gamma, beta, eps)
     xp = backend.xp
     y = xp.empty_like(x_rows)
     xhat = xp.empty_like(x_rows) if is_grad_enabled() else y
@@ -59,7 +63,10 @@ def forward(x_rows, gamma, beta, eps):
 
 def backward(dout_rows, xhat, rstd, gamma):
     """Replaces ``LayerNorm.backward``'s reference lines on rows (R, D):
-    (dx, dgamma, dbeta)."""
+    (dx, dgamma, dbeta). With numba: ``minivit/kernels/fused/layernorm.py``."""
+    if fused_for(dout_rows, xhat, rstd, gamma):
+        from minivit.kernels.fused import layernorm as fused_layernorm
+        return fused_layernorm.backward(dout_rows, xhat, rstd, gamma)
     xp = backend.xp
     dout_xhat, dx = xp.empty_like(dout_rows), xp.empty_like(dout_rows)
     parallel_rows(partial(layernorm_backward_kernel, gamma=gamma),

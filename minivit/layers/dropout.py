@@ -5,11 +5,13 @@ Forward (training)                          Backward
   y    = x * mask
 In eval mode, or with p = 0, both passes are the identity. Scaling by
 1/(1-p) at training time keeps E[y] = x, so nothing changes at test time.
+The same function, faster (mask and product in one pass, from the same
+random numbers): ``minivit/kernels/dropout.py``.
 """
 
 from __future__ import annotations
 
-from minivit import backend
+from minivit import backend, kernels
 from minivit.module import Module
 
 
@@ -27,10 +29,14 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             self._keep("identity", None)
             return x
-        keep = backend.device_rng().random(x.shape, dtype=x.dtype) >= self.p
-        mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.p))
+        if kernels.enabled():              # the same function, faster: minivit/kernels/dropout.py
+            y, mask = kernels.dropout.forward(x, self.p)
+        else:
+            keep = backend.device_rng().random(x.shape, dtype=x.dtype) >= self.p
+            mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.p))
+            y = x * mask
         self._keep("mask", mask)
-        return x * mask
+        return y
 
     def backward(self, dout):
         cached = self._saved()

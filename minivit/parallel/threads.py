@@ -78,7 +78,7 @@ def parallel_rows(kernel, *arrays, cache_blocks: bool = True):
             stop = min(start + step, hi)
             kernel(*(a[start:stop] for a in arrays))
 
-    threads = 1 if getattr(_thread_state, "serial", False) else min(num_threads(), rows)
+    threads = 1 if is_serial() else min(num_threads(), rows)
     if threads == 1:
         run_share(0, rows)
         return
@@ -92,6 +92,11 @@ def parallel_rows(kernel, *arrays, cache_blocks: bool = True):
 
 
 _thread_state = threading.local()
+
+
+def is_serial() -> bool:
+    """True inside ``serial()`` on this thread: start no threads of your own."""
+    return getattr(_thread_state, "serial", False)
 
 
 @contextlib.contextmanager

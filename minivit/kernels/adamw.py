@@ -1,0 +1,22 @@
+"""The AdamW update in one pass over each parameter, where numba runs.
+
+Replaces ``minivit.optim.adamw.adamw_kernel`` (the NumPy lines of
+``AdamW._update``, ``minivit/optim/adamw.py``) for NumPy float32/float64
+parameters whose p, g, m, v are all C-contiguous; the kernel itself is
+``minivit/kernels/fused/adamw.py``. Elsewhere the NumPy kernel runs.
+"""
+
+from __future__ import annotations
+
+from minivit.kernels.switch import fused_for
+
+
+def applies(p, g, m, v) -> bool:
+    """True when :func:`update` runs on these arrays."""
+    return fused_for(p, g, m, v) and all(a.flags.c_contiguous for a in (p, g, m, v))
+
+
+def update(p, g, m, v, **hyper):
+    """Replaces ``adamw_kernel(p, g, m, v, **hyper)``: p, m, v in place."""
+    from minivit.kernels.fused import adamw as fused_adamw
+    fused_adamw.update(p, g, m, v, **hyper)
