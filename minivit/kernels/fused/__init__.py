@@ -30,7 +30,7 @@ where that directory is not writable, in numba's user-wide cache
 Threads: the compiled loops are serial and release the GIL (``nogil``); large
 work runs them on blocks of rows on every core through
 ``minivit.parallel.threads.parallel_rows``, as the NumPy kernels run. numba's
-own thread pool (``prange``) is not used: measured here, its workers stalled
+own thread pool (``prange``) is not used: its workers stalled
 for milliseconds when BLAS's threads were still spinning after a matmul,
 and it may not be entered by two threads at once nor, for some of its
 threading layers, be used again after a fork. So the fused kernels inherit
