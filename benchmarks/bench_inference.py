@@ -42,7 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="vit_base_patch16_224",
-                   help="a minivit.pretrained preset (default vit_base_patch16_224)")
+                   help="a minivit.pretrained preset (default vit_base_patch16_224), or one "
+                        "of bench_train.py's configurations (mnist-s, bench-m, vit-s16)")
     p.add_argument("--weights", default=None,
                    help="a checkpoint file (.npz, .safetensors, .pth); random weights if absent")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes")
@@ -68,8 +69,13 @@ def build(args, with_torch=True):
     """(minivit model, PyTorch twin or None, torch module or None)."""
     from minivit.pretrained import create_model, load_pretrained  # noqa: PLC0415
 
+    sys.path.insert(0, HERE)
+    from common import CONFIGS  # noqa: PLC0415
     if args.weights:
         model = load_pretrained(args.weights, preset=args.model)
+    elif args.model in CONFIGS:                     # a from-scratch size, as bench_train.py
+        from minivit.vit import ViT  # noqa: PLC0415
+        model = ViT(**CONFIGS[args.model]["model"], seed=0)
     else:
         model = create_model(args.model)
         import numpy as np  # noqa: PLC0415
@@ -133,7 +139,8 @@ def memory_child(args):
     who = args.memory_child
     model, twin, torch = build(args, with_torch=who == "torch")
     batch = max(args.batch)
-    x = np.random.default_rng(1).standard_normal((batch, 3, model.config["image_size"],
+    x = np.random.default_rng(1).standard_normal((batch, model.config["in_channels"],
+                                                  model.config["image_size"],
                                                   model.config["image_size"]))
     x = x.astype(np.float32)
     if who == "torch":
@@ -206,7 +213,8 @@ def _run(args, pytorch):
     rng = np.random.default_rng(1)
     replicas = Replicas(model, threads=args.threads)
     for batch in args.batch:
-        x = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+        x = rng.standard_normal((batch, model.config["in_channels"], size, size)).astype(
+            np.float32)
 
         def ours():
             with minivit.no_grad():

@@ -192,3 +192,19 @@ def test_matmul_floor_shares_the_products_between_the_cores(monkeypatch):
     assert copies_split == 2 and len(split) == len(whole)
     for (count, m, k, n), share in zip(whole, split):
         assert share == (((count + 1) // 2, m, k, n) if count >= 2 else (1, (m + 1) // 2, k, n))
+
+
+def test_inference_benchmark_on_a_from_scratch_configuration(capsys, monkeypatch):
+    """bench_inference also times bench_train.py's sizes (one-channel mnist-s
+    here), and the logits agree with PyTorch's twin where torch is installed."""
+    import bench_inference
+    monkeypatch.setenv("MINIVIT_NUM_THREADS", "2")
+    results = bench_inference.main(["--model", "mnist-s", "--batch", "1", "8", "--reps", "1",
+                                    "--warmup", "0", "--no-memory"])
+    assert results["params"] > 0
+    for batch in (1, 8):
+        entry = results["batches"][batch]
+        assert entry["minivit"]["images_per_s"] > 0
+        if "max_abs_logit_diff" in entry:
+            assert entry["max_abs_logit_diff"] < 1e-4
+    assert "mnist-s" in capsys.readouterr().out
