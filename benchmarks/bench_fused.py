@@ -15,21 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def time_ms(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def cases(config, np):
@@ -103,7 +91,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     import numpy as np  # noqa: PLC0415
     sys.path.insert(0, HERE)
-    from common import CONFIGS, machine_info, print_machine  # noqa: PLC0415
+    from common import CONFIGS, machine_info, median_ms, print_machine  # noqa: PLC0415
 
     from minivit import backend, kernels  # noqa: PLC0415
     from minivit.kernels import fused  # noqa: PLC0415
@@ -123,7 +111,7 @@ def main(argv=None):
             for mode in ("numpy", "fused"):
                 with kernels.using(mode):
                     for name, fn in cases(config, np):
-                        rows.setdefault(name, []).append(time_ms(fn, args.reps))
+                        rows.setdefault(name, []).append(median_ms(fn, args.reps))
         for name, (slow, fast) in rows.items():
             print(f"| {name:<40} | {slow:13.3f} | {fast:5.3f} | {slow / fast:7.2f}x |")
 

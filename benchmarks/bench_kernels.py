@@ -20,21 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def time_ms(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main(argv=None):
@@ -48,7 +36,7 @@ def main(argv=None):
     import numpy as np  # noqa: PLC0415
 
     sys.path.insert(0, HERE)
-    from common import machine_info, print_machine  # noqa: PLC0415
+    from common import machine_info, median_ms, print_machine  # noqa: PLC0415
 
     from minivit import kernels, no_grad  # noqa: PLC0415
     from minivit.kernels.erf import erf_rational  # noqa: PLC0415
@@ -81,7 +69,7 @@ def main(argv=None):
         pass
     rows.append(("erf (rational, used for float32)", lambda: erf_rational(x, y)))
     for name, fn in rows:
-        print(f"  {name:<36}{time_ms(fn, args.reps):8.3f}")
+        print(f"  {name:<36}{median_ms(fn, args.reps):8.3f}")
 
 
 if __name__ == "__main__":

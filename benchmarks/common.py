@@ -61,6 +61,11 @@ def time_it(fn, reps, warmup, sync=lambda: None):
     return times
 
 
+def median_ms(fn, reps, warmup=1):
+    """Median milliseconds of one call of ``fn`` over ``reps`` calls, after ``warmup``."""
+    return 1000 * statistics.median(time_it(fn, reps, warmup))
+
+
 def summarise(times, batch_size):
     med = statistics.median(times)
     return dict(median_s=med, min_s=min(times), max_s=max(times),

@@ -5,7 +5,8 @@ keep = u >= p, mask = keep / (1 - p), y = x * mask. The uniform numbers u
 are drawn exactly as there (``backend.device_rng().random(x.shape,
 dtype=x.dtype)``), so a seed gives the same mask in every mode. With numba
 (``minivit/kernels/fused/dropout.py``) the mask and y are written in one
-pass over u and x, the mask into u's own buffer.
+pass over u and x, the mask into u's own buffer. The backward, dx = dy * mask,
+is one product already: the layer's own line, with no kernel of its own.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Replaces ``minivit.kernels.dropout.forward``'s NumPy lines (the reference
 lines of ``Dropout.forward``): mask = (u >= p) / (1 - p) and y = x * mask,
-per element, the mask written over u (drawn for this call alone).
+per element, the mask written over u (drawn for this call alone). The
+backward (dx = dy * mask) stays the layer's single product.
 """
 
 from __future__ import annotations
