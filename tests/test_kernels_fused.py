@@ -303,6 +303,99 @@ def test_adamw_equals_the_numpy_kernel(dtype, wd, parallel):
         np.testing.assert_array_equal(got, want)
 
 
+def _adamw_run(mode, dtype, steps):
+    """Three parameters, one of which has no gradient at step 1 (so its step
+    count lags: two sets of scalars in one group), and whose arrays are
+    replaced before the last step (the fused call's lists must follow)."""
+    from minivit.module import Parameter
+    from minivit.optim import AdamW
+    with backend.using("numpy", dtype=dtype), kernels.using(mode):
+        params = [Parameter(np.random.default_rng(s).standard_normal(shape).astype(dtype))
+                  for s, shape in enumerate([(40, 7), (5,), (3, 3)])]
+        opt = AdamW([{"params": params[:2], "weight_decay": 0.05},
+                     {"params": params[2:], "weight_decay": 0.0}], lr=1e-2)
+        for step in range(steps):
+            if step == steps - 1:
+                params[0].data = params[0].data.copy()     # e.g. load_state_dict
+            for i, p in enumerate(params):
+                p.requires_grad = not (step == 1 and i == 1)        # frozen for a step
+                if not p.requires_grad:
+                    p.grad = None
+                    continue
+                p.grad = np.random.default_rng(10 * step + i).standard_normal(
+                    p.shape).astype(dtype)
+            opt.step()
+        return [p.data.copy() for p in params], [opt.state[k]["step"] for k in sorted(opt.state)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adamw_many_parameters_in_one_call(dtype, parallel, monkeypatch):
+    """The fused update of a whole group is the NumPy kernel's, bit for bit,
+    with lagging step counts and replaced arrays, and runs as one call per
+    set of scalars."""
+    import minivit.kernels.fused.adamw as fused_adamw
+    calls = []
+    original = fused_adamw.update_many
+    monkeypatch.setattr(fused_adamw, "update_many",
+                        lambda arrays, *a, **k: calls.append(len(arrays))
+                        or original(arrays, *a, **k))
+    got, got_steps = _adamw_run("fused", dtype, 4)
+    want, want_steps = _adamw_run("numpy", dtype, 4)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert got_steps == want_steps == [4, 3, 4]
+    # step 0: group 0 (2 params) and group 1; step 1: param 1 skipped;
+    # steps 2, 3: param 1 one step behind param 0 (two calls for group 0)
+    assert calls == [2, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+
+
+def test_adamw_state_not_contiguous_runs_the_numpy_kernel():
+    """A state buffer the fused kernel cannot take (here a strided view) is
+    updated by the NumPy kernel, with the same result."""
+    from minivit.module import Parameter
+    from minivit.optim import AdamW
+    results = []
+    for strided in (False, True):
+        with backend.using("numpy", dtype="float32"), kernels.using("fused"):
+            p = Parameter(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4))
+            opt = AdamW([p], lr=1e-2)
+            p.grad = np.full((3, 4), 0.5, np.float32)
+            opt.step()
+            if strided:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    wide = np.zeros((3, 8), np.float32)
+                    wide[:, ::2] = opt.state["0"][key]
+                    opt.state["0"][key] = wide[:, ::2]
+            opt.step()
+            results.append(p.data.copy())
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+# -- numba's cache follows every source --------------------------------------------
+def test_the_kernel_cache_is_emptied_when_a_source_changes(tmp_path):
+    from minivit.kernels.fused import cache
+    for name in ("gelu._tanh_yd_serial-80.py311.1.nbc", "gelu._tanh_yd_serial-80.py311.nbi",
+                 "softmax._softmax_rows-37.py311.nbi", "somebody_else.f-1.py311.nbi"):
+        (tmp_path / name).write_bytes(b"x")
+    sources = cache.sources()
+    assert any(path.endswith("exp.py") for path in sources)
+    assert any(path.endswith("erf.py") for path in sources)
+    stamp = cache.digest()
+    assert cache.refresh(str(tmp_path), stamp)                  # no stamp yet: emptied
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.STAMP_NAME,
+                                                          "somebody_else.f-1.py311.nbi"]
+    (tmp_path / "gelu._tanh_yd_serial-80.py311.nbi").write_bytes(b"x")
+    assert not cache.refresh(str(tmp_path), stamp)              # same sources: kept
+    assert (tmp_path / "gelu._tanh_yd_serial-80.py311.nbi").exists()
+    exp_py = next(path for path in sources if path.endswith("exp.py"))
+    edited = tmp_path / "exp.py"                                # a changed inlined file
+    edited.write_text(open(exp_py).read() + "# changed\n")
+    assert cache.digest([str(edited)]) != cache.digest([exp_py])
+    assert cache.refresh(str(tmp_path), cache.digest([str(edited)]))
+    assert not (tmp_path / "gelu._tanh_yd_serial-80.py311.nbi").exists()
+    assert cache.cache_dir() is not None                        # numba's own choice
+
+
 # -- what the fused kernels do not cover falls back ------------------------------
 def test_a_dtype_not_covered_falls_back_silently(monkeypatch, recwarn):
     """float16 (which a layer never holds, but a caller may pass to a kernel)

@@ -20,3 +20,11 @@ def update(p, g, m, v, **hyper):
     """Replaces ``adamw_kernel(p, g, m, v, **hyper)``: p, m, v in place."""
     from minivit.kernels.fused import adamw as fused_adamw
     fused_adamw.update(p, g, m, v, **hyper)
+
+
+def update_many(arrays_per_param, memo, **hyper):
+    """Replaces ``adamw_kernel`` on each (p, g, m, v) of ``arrays_per_param``
+    (each passing :func:`applies`, one dtype, the same ``hyper``) in one
+    compiled call; ``memo`` is a dict the caller keeps for these parameters."""
+    from minivit.kernels.fused import adamw as fused_adamw
+    fused_adamw.update_many(arrays_per_param, memo, **hyper)

@@ -29,7 +29,7 @@ from minivit.kernels import fused
 
 MODES = ("fast", "fused", "numpy", "reference")
 ENV_VAR = "MINIVIT_KERNELS"
-_FUSED_DTYPES = ("float32", "float64")
+_FUSED_TYPES = (numpy.float32, numpy.float64)
 
 
 def _checked(mode: str, where: str) -> str:
@@ -84,5 +84,5 @@ def fused_for(*arrays) -> bool:
     dtype = arrays[0].dtype
     # host arrays only: numba compiles for NumPy's arrays (a device array of
     # another library, or an ndarray subclass, takes the NumPy kernels)
-    return dtype.name in _FUSED_DTYPES and all(
+    return dtype.type in _FUSED_TYPES and all(
         type(a) is numpy.ndarray and a.dtype == dtype for a in arrays)

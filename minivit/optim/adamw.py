@@ -44,20 +44,30 @@ class AdamW(Optimizer):
         if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
             raise ValueError(f"invalid betas {betas} (two values in [0, 1))")
 
-    def _update(self, p, g, state, group):
+    def _hyper(self, p, state, group):
+        """Start p's state on its first step, count the step, and return the
+        update's scalars (its step's bias corrections included)."""
         xp = backend.xp
-        lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
         beta1, beta2 = (float(b) for b in group["betas"])
         if not state:
             state["step"] = 0
             state["exp_avg"] = xp.zeros_like(p)
             state["exp_avg_sq"] = xp.zeros_like(p)
         state["step"] += 1
-        t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        t = state["step"]
         # bias corrections undo the zero start of m and v
-        hyper = dict(lr=lr, eps=eps, wd=wd, beta1=beta1, beta2=beta2,
-                     bias_correction1=1.0 - beta1 ** t, bias_correction2=1.0 - beta2 ** t)
-        arrays = (p, g, m, v)
+        return dict(lr=float(group["lr"]), eps=float(group["eps"]),
+                    wd=float(group["weight_decay"]), beta1=beta1, beta2=beta2,
+                    bias_correction1=1.0 - beta1 ** t, bias_correction2=1.0 - beta2 ** t)
+
+    def _update(self, p, g, state, group):
+        hyper = self._hyper(p, state, group)
+        self._apply((p, g, state["exp_avg"], state["exp_avg_sq"]), hyper)
+
+    @staticmethod
+    def _apply(arrays, hyper):
+        """One parameter's update: arrays (p, g, m, v)."""
+        p = arrays[0]
         if kernels.adamw.applies(*arrays):   # the same function, faster: minivit/kernels/adamw.py
             kernels.adamw.update(*arrays, **hyper)
         elif p.size >= threads.PARALLEL_MIN_ELEMENTS and all(a.flags.c_contiguous for a in arrays):
@@ -65,6 +75,24 @@ class AdamW(Optimizer):
             threads.parallel_rows(partial(adamw_kernel, **hyper), *(a.reshape(-1) for a in arrays))
         else:
             adamw_kernel(*arrays, **hyper)
+
+    def _update_group(self, items, group):
+        """All of a group's updates. Where the fused kernel runs on every
+        parameter, those with the same scalars (normally all) go in one
+        compiled call instead of one each: the same arithmetic per element."""
+        together = {}
+        for p, g, state in items:
+            hyper = self._hyper(p, state, group)
+            arrays = (p, g, state["exp_avg"], state["exp_avg_sq"])
+            together.setdefault((p.dtype.str, *hyper.values()), (hyper, []))[1].append(arrays)
+        memos = self.__dict__.setdefault("_fused_memos", {})
+        for key, (hyper, arrays_per_param) in together.items():
+            if all(kernels.adamw.applies(*arrays) for arrays in arrays_per_param):
+                memo = memos.setdefault((id(group), key[0]), {})
+                kernels.adamw.update_many(arrays_per_param, memo, **hyper)
+            else:
+                for arrays in arrays_per_param:
+                    self._apply(arrays, hyper)
 
 
 def adamw_kernel(p, g, m, v, lr, eps, wd, beta1, beta2, bias_correction1, bias_correction2):

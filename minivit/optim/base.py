@@ -25,7 +25,8 @@ class Optimizer:
 
     Subclasses set ``_state_keys`` (the complete state of one parameter,
     ``_counters`` being the integer ones), implement ``_check`` (validate a
-    group's hyperparameters) and ``_update`` (one parameter's update).
+    group's hyperparameters) and ``_update`` (one parameter's update), and
+    may override ``_update_group`` (a whole group's updates at once).
     """
 
     _state_keys: tuple[str, ...] = ()
@@ -110,10 +111,9 @@ class Optimizer:
     def step(self) -> None:
         """Update every parameter that has a gradient, in place."""
         for group in self.param_groups:
-            for key, p in zip(group["names"], group["params"]):
-                if p.grad is None:
-                    continue
-                self._update(p.data, p.grad, self.state.setdefault(key, {}), group)
+            self._update_group([(p.data, p.grad, self.state.setdefault(key, {}))
+                                for key, p in zip(group["names"], group["params"])
+                                if p.grad is not None], group)
         self.step_count += 1
 
     def zero_grad(self) -> None:
@@ -127,6 +127,12 @@ class Optimizer:
 
     def _update(self, p, g, state: dict, group: dict) -> None:
         raise NotImplementedError
+
+    def _update_group(self, items, group: dict) -> None:
+        """Every (p, g, state) of a group: one ``_update`` each (a subclass
+        may run them together)."""
+        for p, g, state in items:
+            self._update(p, g, state, group)
 
     # -- saving and loading -------------------------------------------------
     def state_dict(self) -> dict:

@@ -65,7 +65,6 @@ def parallel_rows(kernel, *arrays, cache_blocks: bool = True):
     Small work, or the GPU backend (where each operation already uses the
     whole device), runs the kernel directly.
     """
-    global _pool, _pool_threads
     rows = arrays[0].shape[0]
     if backend.name != "numpy" or rows < 2 or arrays[0].size < PARALLEL_MIN_ELEMENTS:
         kernel(*arrays)
@@ -78,13 +77,23 @@ def parallel_rows(kernel, *arrays, cache_blocks: bool = True):
             stop = min(start + step, hi)
             kernel(*(a[start:stop] for a in arrays))
 
-    threads = 1 if is_serial() else min(num_threads(), rows)
-    if threads == 1:
-        run_share(0, rows)
+    parallel_shares(run_share, rows)
+
+
+def parallel_shares(run_share, count: int) -> None:
+    """``run_share(lo, hi)`` on one contiguous share of ``range(count)`` per
+    thread, at once (on this thread alone in ``serial()`` mode); the shares
+    cover the range exactly. ``parallel_rows`` is this over rows of arrays;
+    a kernel over many arrays at once (AdamW's over every parameter) shares
+    out its elements."""
+    global _pool, _pool_threads
+    threads = 1 if is_serial() else min(num_threads(), count)
+    if threads <= 1:
+        run_share(0, count)
         return
     if _pool is None or _pool_threads != threads:
         _pool, _pool_threads = ThreadPoolExecutor(max_workers=threads), threads
-    bounds = [rows * t // threads for t in range(threads + 1)]
+    bounds = [count * t // threads for t in range(threads + 1)]
     with blas_threads(1):                                   # no BLAS threads on top of ours
         futures = [_pool.submit(run_share, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
         for future in futures:

@@ -21,11 +21,15 @@ softmax.py      the attention softmax with its scale, and its backward
 dropout.py      the dropout mask and product in one pass
 loss.py         softmax cross-entropy: loss and dlogits in one pass per row
 adamw.py        the AdamW update, one pass over each parameter
+exp.py          float32 exp and erf that compile to SIMD code
+cache.py        numba's on-disk cache kept true to all these sources
 ==============  ==========================================================
 
 Compiled code is cached on disk (``cache=True``): beside the sources, or,
 where that directory is not writable, in numba's user-wide cache
-(``NUMBA_CACHE_DIR`` if set).
+(``NUMBA_CACHE_DIR`` if set). ``cache.py`` empties that cache when any
+source the kernels are compiled from changed (numba itself checks only the
+file that defines each kernel, not the functions it inlines from others).
 
 Threads: the compiled loops are serial and release the GIL (``nogil``); large
 work runs them on blocks of rows on every core through
@@ -83,6 +87,8 @@ def problem() -> str:
                                f"(upgrade: {EXTRA})")
                 else:
                     _status = ""
+                    from minivit.kernels.fused import cache
+                    cache.refresh_once()        # numba's cache sees one file, not its imports
         if _status and _installed():
             import warnings
             warnings.warn(f"minivit: fused kernels off, NumPy kernels run instead: {_status}",

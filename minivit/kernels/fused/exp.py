@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
@@ -47,7 +48,9 @@ def _int32_bits_as_float32(typingctx, value):
 @njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _exp32(z):
     t = types.float32
-    k = math.floor(z * t(_LOG2E) + t(0.5))
+    # numpy.floor keeps float32; math.floor returns an integer, whose int64
+    # conversions AVX2 has no vector instruction for
+    k = numpy.floor(z * t(_LOG2E) + t(0.5))
     r = (z - k * t(_LN2_HI)) - k * t(_LN2_LO)
     p = t(1.0 / 5040.0)
     p = p * r + t(1.0 / 720.0)
