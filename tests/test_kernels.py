@@ -163,7 +163,7 @@ def test_layernorm_fast_equals_reference(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [2, 40])   # few rows: shares of W; many: shares of x
+@pytest.mark.parametrize("rows", [2, 40])              # few rows: one call; many: threads
 def test_linear_and_patch_embed_fast_equal_reference(dtype, rows, monkeypatch):
     from minivit.parallel import threads
     monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 0)

@@ -1,12 +1,11 @@
-"""y = x W^T + b with one share of the work per core, in minivit's threads.
+"""y = x W^T + b with one share of the rows per core.
 
-Replaces ``Linear.forward``'s reference lines (``minivit/layers/linear.py``)
-and ``PatchEmbed``'s projection. Every share is one single-threaded BLAS call
-in minivit's threads, never BLAS's own: its worker threads keep spinning
-after a call, taking a core from the next layer's kernels. Many rows: one
-share of the rows per core. Few rows (small batches, the class token alone):
-one share of W's rows (the output features) per core, so that no core packs
-all of W. The backward's bias sum is ``minivit.kernels.reductions.sum_rows``.
+Replaces ``Linear.forward``'s reference lines (``minivit/layers/linear.py``).
+Many rows: one share of them per core, in minivit's threads (BLAS's own
+would keep spinning after the call, taking cores from the next layer's
+kernels). Few rows (small batches): one BLAS call, which splits W instead of
+packing all of it on every core. The backward's bias sum is
+``minivit.kernels.reductions.sum_rows``.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 
 from minivit import backend
-from minivit.parallel import threads
+from minivit.parallel.threads import parallel_rows
 
 
 def linear_forward_kernel(x_rows, y_rows, weight, bias):
@@ -28,16 +27,9 @@ def forward(x_rows, weight, bias):
     """Replaces ``x_rows @ weight.T + bias``: (R, in) -> (R, out)."""
     xp = backend.xp
     y = xp.empty((x_rows.shape[0], weight.shape[0]), dtype=xp.result_type(x_rows, weight))
-    rows, (features, inputs) = x_rows.shape[0], weight.shape
     kernel = partial(linear_forward_kernel, weight=weight, bias=bias)
-    # A small product: one call here costs less than handing shares to threads.
-    if backend.name != "numpy" or rows * features * inputs < threads.PARALLEL_MIN_ELEMENTS:
-        kernel(x_rows, y)
-    elif rows >= features:
-        threads.parallel_shares(lambda lo, hi: kernel(x_rows[lo:hi], y[lo:hi]), rows)
+    if x_rows.shape[0] >= weight.shape[0]:
+        parallel_rows(kernel, x_rows, y, cache_blocks=False)
     else:
-        def feature_share(lo, hi):      # y[:, lo:hi] = x W[lo:hi]^T + b[lo:hi]
-            linear_forward_kernel(x_rows, y[:, lo:hi], weight[lo:hi],
-                                  None if bias is None else bias[lo:hi])
-        threads.parallel_shares(feature_share, features)
+        kernel(x_rows, y)
     return y
