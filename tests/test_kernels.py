@@ -162,11 +162,42 @@ def test_layernorm_fast_equals_reference(dtype):
     assert np.isnan(y1[2, 2]).all() and np.isfinite(y1[2, :2]).all()
 
 
+# Each of kernels/linear.py's ways to run a product: (rows, large, minivit's
+# threads just ran) -> (shared out over rows, on one BLAS thread).
+LINEAR_PATHS = {
+    "large, many rows": ((40, True, False), (True, False)),
+    "large, few rows": ((2, True, True), (False, False)),
+    "small, few rows, after threads": ((2, False, True), (False, True)),
+    "small, few rows": ((2, False, False), (False, False)),
+    "small, many rows": ((40, False, True), (False, False)),
+}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [2, 40])              # few rows: one call; many: threads
-def test_linear_and_patch_embed_fast_equal_reference(dtype, rows, monkeypatch):
+@pytest.mark.parametrize("path", LINEAR_PATHS)
+def test_linear_and_patch_embed_fast_equal_reference(dtype, path, monkeypatch):
+    from minivit.kernels import linear
     from minivit.parallel import threads
+    (rows, large, recent), expected = LINEAR_PATHS[path]
     monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(linear, "LARGE_PRODUCT", 0 if large else 1 << 62)
+    monkeypatch.setattr(threads, "ran_recently", lambda: recent)
+    taken = {"shares": 0, "one thread": 0}
+    shares, blas_threads = threads.parallel_shares, threads.blas_threads
+
+    def counting_shares(*args):
+        taken["shares"] += 1
+        return shares(*args)
+
+    def counting_blas_threads(n):           # the product's own, not parallel_shares'
+        taken["one thread"] += n == 1 and not taken["shares"]
+        return blas_threads(n)
+    monkeypatch.setattr(threads, "parallel_shares", counting_shares)
+    monkeypatch.setattr(threads, "blas_threads", counting_blas_threads)
+    with backend.using("numpy", dtype=dtype), kernels.using("numpy"):
+        y = linear.forward(randn(rows, 6, seed=1), randn(5, 6, seed=2), randn(5, seed=3))
+    assert y.shape == (rows, 5)
+    assert (taken["shares"] > 0, taken["one thread"] > 0) == expected
     with backend.using("numpy", dtype=dtype):
         layer = Linear(6, 5)
         randomize_parameters(layer)

@@ -25,6 +25,19 @@ def test_parallel_rows_splits_and_matches(monkeypatch):
     assert len(seen) > 1 and sum(seen) == 7
 
 
+def test_ran_recently_after_threaded_work_only(monkeypatch):
+    monkeypatch.setattr(threads, "_last_parallel", float("-inf"))
+    assert not threads.ran_recently()
+    monkeypatch.setenv("MINIVIT_NUM_THREADS", "1")            # one thread: nothing shared out
+    threads.parallel_shares(lambda lo, hi: None, 4)
+    assert not threads.ran_recently()
+    monkeypatch.setenv("MINIVIT_NUM_THREADS", "2")
+    threads.parallel_shares(lambda lo, hi: None, 4)
+    assert threads.ran_recently()
+    monkeypatch.setattr(threads, "RECENT_SECONDS", 0.0)
+    assert not threads.ran_recently()
+
+
 def test_parallel_rows_cache_blocks_and_shares(monkeypatch):
     monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 0)
     monkeypatch.setattr(threads, "BLOCK_BYTES", 8 * 10 * 2)         # two float64 rows

@@ -1,11 +1,23 @@
-"""y = x W^T + b with one share of the rows per core.
+"""y = x W^T + b, each product on the cores in the way that suits its shape.
 
-Replaces ``Linear.forward``'s reference lines (``minivit/layers/linear.py``).
-Many rows: one share of them per core, in minivit's threads (BLAS's own
-would keep spinning after the call, taking cores from the next layer's
-kernels). Few rows (small batches): one BLAS call, which splits W instead of
-packing all of it on every core. The backward's bias sum is
-``minivit.kernels.reductions.sum_rows``.
+Replaces ``Linear.forward``'s reference lines (``minivit/layers/linear.py``)
+and ``PatchEmbed``'s projection. BLAS's own threads keep spinning for a
+while after each call, waiting for the next, and so take a core from
+minivit's threads if those run next (``minivit.parallel.threads``). Hence:
+
+- a large product with many rows: one share of the rows per core, each a
+  single-threaded BLAS call in minivit's threads;
+- a large product with few rows (small batches, the class token alone): one
+  BLAS call, which splits W instead of packing all of it on every core;
+- a small product with few rows: one BLAS call, on one BLAS thread if
+  minivit's threads have just run (the layers around it are being shared
+  out, and a second BLAS thread saves less than its spinning takes from
+  them), else on BLAS's threads (a run of small products, as in a batch of
+  one image);
+- a small product with many rows (a small model's tokens): one BLAS call;
+  shares or one BLAS thread measured slower there (docs/performance.md).
+
+The backward's bias sum is ``minivit.kernels.reductions.sum_rows``.
 """
 
 from __future__ import annotations
@@ -13,7 +25,10 @@ from __future__ import annotations
 from functools import partial
 
 from minivit import backend
-from minivit.parallel.threads import parallel_rows
+from minivit.parallel import threads
+
+# Multiply-adds (rows x in x out) from which a product counts as large.
+LARGE_PRODUCT = 1 << 24
 
 
 def linear_forward_kernel(x_rows, y_rows, weight, bias):
@@ -28,8 +43,18 @@ def forward(x_rows, weight, bias):
     xp = backend.xp
     y = xp.empty((x_rows.shape[0], weight.shape[0]), dtype=xp.result_type(x_rows, weight))
     kernel = partial(linear_forward_kernel, weight=weight, bias=bias)
-    if x_rows.shape[0] >= weight.shape[0]:
-        parallel_rows(kernel, x_rows, y, cache_blocks=False)
+    rows, features = x_rows.shape[0], weight.shape[0]
+    if backend.name != "numpy":
+        kernel(x_rows, y)
+    elif rows * weight.size >= LARGE_PRODUCT:
+        if rows >= features:
+            threads.parallel_shares(lambda lo, hi: kernel(x_rows[lo:hi], y[lo:hi]), rows)
+        else:
+            kernel(x_rows, y)
+    elif (rows < features and rows * weight.size >= threads.PARALLEL_MIN_ELEMENTS
+          and threads.ran_recently()):    # (BLAS keeps a tiny product on one thread itself)
+        with threads.blas_threads(1):
+            kernel(x_rows, y)
     else:
         kernel(x_rows, y)
     return y

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from minivit import backend
@@ -27,6 +28,10 @@ PARALLEL_MIN_ELEMENTS = 1 << 18
 # Block size for the kernels: a block and its temporaries stay in the core's
 # cache (docs/performance.md has the measurement that chose it).
 BLOCK_BYTES = 1 << 18
+# Work that minivit's threads finished this recently (seconds) is taken as a
+# sign that more will follow soon: see ``ran_recently``.
+RECENT_SECONDS = 0.05
+_last_parallel = float("-inf")
 
 
 def num_threads() -> int:
@@ -86,7 +91,7 @@ def parallel_shares(run_share, count: int) -> None:
     cover the range exactly. ``parallel_rows`` is this over rows of arrays;
     a kernel over many arrays at once (AdamW's over every parameter) shares
     out its elements."""
-    global _pool, _pool_threads
+    global _pool, _pool_threads, _last_parallel
     threads = 1 if is_serial() else min(num_threads(), count)
     if threads <= 1:
         run_share(0, count)
@@ -98,6 +103,16 @@ def parallel_shares(run_share, count: int) -> None:
         futures = [_pool.submit(run_share, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
         for future in futures:
             future.result()                                 # re-raises a kernel's error
+    _last_parallel = time.monotonic()
+
+
+def ran_recently() -> bool:
+    """True if minivit's threads finished work within ``RECENT_SECONDS``.
+
+    For a caller choosing between BLAS's threads and one: right after our
+    threads ran, more of their work is likely to follow, and BLAS's worker
+    threads, spinning after a call, would take cores from it."""
+    return time.monotonic() - _last_parallel < RECENT_SECONDS
 
 
 _thread_state = threading.local()
