@@ -44,14 +44,12 @@ def forward(x_rows, weight, bias):
     y = xp.empty((x_rows.shape[0], weight.shape[0]), dtype=xp.result_type(x_rows, weight))
     kernel = partial(linear_forward_kernel, weight=weight, bias=bias)
     rows, features = x_rows.shape[0], weight.shape[0]
-    if backend.name != "numpy":
+    macs = rows * weight.size
+    if backend.name != "numpy":                  # the GPU: one call, the whole device
         kernel(x_rows, y)
-    elif rows * weight.size >= LARGE_PRODUCT:
-        if rows >= features:
-            threads.parallel_shares(lambda lo, hi: kernel(x_rows[lo:hi], y[lo:hi]), rows)
-        else:
-            kernel(x_rows, y)
-    elif (rows < features and rows * weight.size >= threads.PARALLEL_MIN_ELEMENTS
+    elif macs >= LARGE_PRODUCT and rows >= features:
+        threads.parallel_shares(lambda lo, hi: kernel(x_rows[lo:hi], y[lo:hi]), rows)
+    elif (rows < features and threads.PARALLEL_MIN_ELEMENTS <= macs < LARGE_PRODUCT
           and threads.ran_recently()):    # (BLAS keeps a tiny product on one thread itself)
         with threads.blas_threads(1):
             kernel(x_rows, y)
