@@ -28,12 +28,19 @@ import numpy
 from minivit import backend
 
 
-_grad_mode = threading.local()
+class _GradMode(threading.local):
+    """Per-thread gradient mode; the class attribute is every new thread's
+    default, so reading it never takes getattr's slow missing-attribute path
+    (``is_grad_enabled`` runs for every layer's forward)."""
+    enabled = True
+
+
+_grad_mode = _GradMode()
 
 
 def is_grad_enabled() -> bool:
     """False inside ``with no_grad():`` (in this thread), True otherwise."""
-    return getattr(_grad_mode, "enabled", True)
+    return _grad_mode.enabled
 
 
 class set_grad_enabled:
