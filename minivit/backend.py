@@ -189,13 +189,17 @@ def host_rng() -> numpy.random.Generator:
     return _host_rng
 
 
-_thread_rng = threading.local()
+class _ThreadRng(threading.local):
+    generator = None                    # every thread's default: the process's generator
+
+
+_thread_rng = _ThreadRng()
 
 
 def device_rng():
     """Generator on the active backend (dropout masks): this thread's own if
     one was given with :func:`thread_device_rng`, else the process's."""
-    return getattr(_thread_rng, "generator", None) or _device_rng
+    return _thread_rng.generator or _device_rng
 
 
 @contextlib.contextmanager
@@ -203,7 +207,7 @@ def thread_device_rng(generator):
     """Within this block, in this thread, dropout masks come from
     ``generator``: each model replica (``minivit.parallel.replicas``) draws its own,
     so the masks do not depend on which thread happens to draw first."""
-    previous = getattr(_thread_rng, "generator", None)
+    previous = _thread_rng.generator
     _thread_rng.generator = generator
     try:
         yield generator

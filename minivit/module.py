@@ -29,9 +29,11 @@ from minivit import backend
 
 
 class _GradMode(threading.local):
-    """Per-thread gradient mode; the class attribute is every new thread's
-    default, so reading it never takes getattr's slow missing-attribute path
-    (``is_grad_enabled`` runs for every layer's forward)."""
+    """Per-thread gradient mode. The class attribute is every thread's
+    default, so a read is a plain attribute read, not getattr's slow
+    missing-attribute path (``is_grad_enabled`` runs for every layer's
+    forward); ``minivit.backend`` and ``minivit.parallel.threads`` keep their
+    per-thread state the same way."""
     enabled = True
 
 

@@ -115,12 +115,16 @@ def ran_recently() -> bool:
     return time.monotonic() - _last_parallel < RECENT_SECONDS
 
 
-_thread_state = threading.local()
+class _ThreadState(threading.local):
+    serial = False                      # every thread's default
+
+
+_thread_state = _ThreadState()
 
 
 def is_serial() -> bool:
     """True inside ``serial()`` on this thread: start no threads of your own."""
-    return getattr(_thread_state, "serial", False)
+    return _thread_state.serial
 
 
 @contextlib.contextmanager
@@ -128,7 +132,7 @@ def serial():
     """Within this block, in this thread, ``parallel_rows`` runs its blocks
     one after another on this thread: for a thread that is already one of
     several working at once (``minivit.parallel.replicas``)."""
-    previous = getattr(_thread_state, "serial", False)
+    previous = _thread_state.serial
     _thread_state.serial = True
     try:
         yield
