@@ -17,7 +17,7 @@ from minivit.vit import ViT
 model = ViT(image_size=28, patch_size=7, in_channels=1, num_classes=10, dim=64, depth=6,
             heads=4, mlp_dim=128, seed=0)
 model.eval()
-x = np.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(np.float32)
+x = np.random.default_rng(0).standard_normal((256, 1, 28, 28)).astype(np.float32)
 with minivit.no_grad():
     for _ in range(3):
         model.forward(x)
@@ -44,14 +44,15 @@ def test_import_keeps_freed_memory_and_a_forward_no_longer_faults():
     is_kept, faults = kept.stdout.split()
     assert is_kept == "True"
     # all of a forward's memory comes back from the heap: a few faults at most
-    # (glibc's defaults: ~1,200 per forward of this model and batch)
     assert float(faults) < 50
     default = _run(FAULTS_PER_FORWARD, MINIVIT_KEEP_FREED_MEMORY="0")
     assert default.returncode == 0, default.stderr
     is_kept, default_faults = default.stdout.split()
     assert is_kept == "False"
-    # (glibc's defaults fault here, ~1,200 times; never fewer than with the setting)
-    assert float(default_faults) >= float(faults)
+    # the control: with glibc's defaults the same forward faults on every array
+    # larger than its dynamic mmap threshold (which the import's BLAS warm-up
+    # raises to about a megabyte, hence a batch with arrays larger than that)
+    assert float(default_faults) >= 50
 
 
 @glibc

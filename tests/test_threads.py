@@ -138,3 +138,32 @@ def test_blas_threads_are_restored_and_parallel_rows_is_serial_inside():
         threads.parallel_rows(kernel, x, out)
     np.testing.assert_array_equal(out, 2 * x)
     assert sum(seen) == 64 and max(seen) < 64                 # blocks, one thread
+
+
+def test_blas_is_warmed_in_each_pool_thread_and_not_on_the_gpu(monkeypatch):
+    import threading
+    warmed, worked = set(), set()
+
+    def record():
+        warmed.add(threading.get_ident())
+
+    def share(lo, hi):
+        worked.add(threading.get_ident())
+        threading.Event().wait(0.05)          # hold the thread so each share gets its own
+
+    monkeypatch.setattr(threads, "warm_blas", record)
+    monkeypatch.setattr(threads, "_pool", None)                # a fresh pool, with the recorder
+    monkeypatch.setenv("MINIVIT_NUM_THREADS", "2")
+    threads.parallel_shares(share, 2)
+    assert len(worked) == 2 and worked <= warmed
+    threads._pool.shutdown()
+    monkeypatch.undo()                        # the real warm-up again, and the module's own pool
+
+    operands, real_ones = [], np.ones
+    monkeypatch.setattr(np, "ones", lambda *a, **k: operands.append(a[0]) or real_ones(*a, **k))
+    threads.warm_blas()
+    assert operands == [(512, 256), (256, 512)]          # a product with hundreds of columns
+    operands.clear()
+    monkeypatch.setattr(backend, "name", "cupy")         # the GPU's BLAS needs none of this
+    threads.warm_blas()
+    assert operands == []

@@ -97,7 +97,8 @@ def parallel_shares(run_share, count: int) -> None:
         run_share(0, count)
         return
     if _pool is None or _pool_threads != threads:
-        _pool, _pool_threads = ThreadPoolExecutor(max_workers=threads), threads
+        _pool, _pool_threads = ThreadPoolExecutor(max_workers=threads,
+                                                  initializer=warm_blas), threads
     bounds = [count * t // threads for t in range(threads + 1)]
     with blas_threads(1):                                   # no BLAS threads on top of ours
         futures = [_pool.submit(run_share, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
@@ -143,6 +144,30 @@ def serial():
 _blas_controllers = None
 
 
+def warm_blas() -> None:
+    """One mid-sized product (512 x 256 by 256 x 512), once, from the thread
+    that calls it, on one BLAS thread and then on all of them.
+
+    Why: until some product with a few hundred output columns has run in a
+    process, OpenBLAS runs the products with a long inner dimension and few
+    columns (a weight gradient dy^T x summed over every token) about a third
+    as fast, in every later call: state the library keeps per process and
+    per calling thread, most likely how its packing buffer was first touched
+    (``docs/performance.md``). A model whose products are all narrow (a small
+    ViT) never runs such a product itself. Called at import on the NumPy
+    backend, so forked replicas inherit the warm state, and in each of
+    ``parallel_shares``'s threads as it starts. It costs less than one
+    training step.
+    """
+    if backend.name != "numpy":
+        return
+    import numpy  # noqa: PLC0415
+    a, b = numpy.ones((512, 256), numpy.float32), numpy.ones((256, 512), numpy.float32)
+    with blas_threads(1):
+        a @ b
+    a @ b
+
+
 @contextlib.contextmanager
 def blas_threads(n: int):
     """Within this block, BLAS (NumPy's matmul) uses at most ``n`` threads.
@@ -171,3 +196,6 @@ def blas_threads(n: int):
     finally:
         for c, current in zip(_blas_controllers, before):
             c.set_num_threads(current)
+
+
+warm_blas()
