@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 
-import numpy
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
@@ -45,12 +44,26 @@ def _int32_bits_as_float32(typingctx, value):
     return types.float32(value), codegen
 
 
+@intrinsic
+def _floor32(typingctx, value):
+    """floor of a float32, as LLVM's own floor: one rounding instruction
+    per SIMD register. (numba's numpy.floor is a call to the C library per
+    value, which splits a vectorised loop back into scalars; math.floor
+    returns an integer, whose int64 conversions AVX2 has no vector
+    instruction for.)"""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        fn = builder.module.declare_intrinsic("llvm.floor", [args[0].type])
+        return builder.call(fn, [args[0]])
+    return types.float32(types.float32), codegen
+
+
 @njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _exp32(z):
     t = types.float32
-    # numpy.floor keeps float32; math.floor returns an integer, whose int64
-    # conversions AVX2 has no vector instruction for
-    k = numpy.floor(z * t(_LOG2E) + t(0.5))
+    k = _floor32(z * t(_LOG2E) + t(0.5))
     r = (z - k * t(_LN2_HI)) - k * t(_LN2_LO)
     p = t(1.0 / 5040.0)
     p = p * r + t(1.0 / 720.0)
