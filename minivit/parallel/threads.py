@@ -150,10 +150,10 @@ def warm_blas() -> None:
 
     Why: until some product with a few hundred output columns has run in a
     process, OpenBLAS runs the products with a long inner dimension and few
-    columns (a weight gradient dy^T x summed over every token) about a third
-    as fast, in every later call: state the library keeps per process and
-    per calling thread, most likely how its packing buffer was first touched
-    (``docs/performance.md``). A model whose products are all narrow (a small
+    columns (a weight gradient dy^T x summed over every token) several times
+    slower, in every later call: state the library keeps per process, most
+    likely how its packing buffer was first touched, and threads that call
+    it at once get buffers of their own (``docs/performance.md``). A model whose products are all narrow (a small
     ViT) never runs such a product itself. Called at import on the NumPy
     backend, so forked replicas inherit the warm state, and in each of
     ``parallel_shares``'s threads as it starts. It costs less than one

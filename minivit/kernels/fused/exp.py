@@ -3,8 +3,8 @@
 Replaces ``math.exp`` / ``math.erf`` inside the fused loops for float32
 (float64 keeps the C library's, exact to rounding). The C library's
 functions are calls that stop a loop from being vectorised; these are only
-multiplications, additions, comparisons and one integer-to-float bit
-reinterpretation, which LLVM runs on whole SIMD registers.
+multiplications, additions, comparisons, one rounding (LLVM's floor) and one
+integer-to-float bit reinterpretation, which LLVM runs on whole SIMD registers.
 
 exp(z) = 2^k exp(r), k = round(z / ln 2), r = z - k ln 2 (ln 2 in two parts,
 so r is exact), exp(r) on |r| <= ln2 / 2 by its Taylor polynomial of degree
