@@ -171,7 +171,9 @@ class Module:
 
     def _keep(self, *saved):
         """Store what backward needs (``self.cache``), unless under no_grad."""
-        self.cache = (saved[0] if len(saved) == 1 else saved) if is_grad_enabled() else None
+        # a plain attribute, never a Parameter or Module: no registration
+        object.__setattr__(self, "cache", (saved[0] if len(saved) == 1 else saved)
+                           if is_grad_enabled() else None)
 
     # -- traversal ----------------------------------------------------------
     def named_modules(self, prefix: str = ""):

@@ -349,6 +349,35 @@ def test_adamw_many_parameters_in_one_call(dtype, parallel, monkeypatch):
     assert calls == [2, 1, 1, 1, 1, 1, 1, 1, 1, 1]
 
 
+def test_adamw_checks_its_arrays_again_when_the_kernels_change(monkeypatch):
+    """The group's arrays are checked once for the fused call, not every step;
+    switching the kernels (or replacing an array) checks them again, so a step
+    under ``numpy`` never takes the fused call, and gives the NumPy result."""
+    import minivit.kernels.fused.adamw as fused_adamw
+    from minivit.module import Parameter
+    from minivit.optim import AdamW
+    calls = []
+    original = fused_adamw.update_many
+    monkeypatch.setattr(fused_adamw, "update_many",
+                        lambda arrays, *a, **k: calls.append(len(arrays))
+                        or original(arrays, *a, **k))
+    results = {}
+    for modes in (("fused", "fused", "numpy", "fused"), ("numpy",) * 4):
+        calls.clear()
+        with backend.using("numpy", dtype="float32"):
+            params = [Parameter(np.linspace(-1, 1, n, dtype=np.float32)) for n in (12, 5)]
+            opt = AdamW(params, lr=1e-2, weight_decay=0.1)
+            for step, mode in enumerate(modes):
+                for p in params:
+                    p.grad[...] = np.cos(np.arange(p.data.size) + step)
+                with kernels.using(mode):
+                    opt.step()
+        results[modes[0]] = [p.data.copy() for p in params]
+        assert calls == [2 for mode in modes if mode == "fused"]
+    for got, want in zip(results["fused"], results["numpy"]):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_adamw_state_not_contiguous_runs_the_numpy_kernel():
     """A state buffer the fused kernel cannot take (here a strided view) is
     updated by the NumPy kernel, with the same result."""

@@ -8,7 +8,8 @@ parameters whose p, g, m, v are all C-contiguous; the kernel itself is
 
 from __future__ import annotations
 
-from minivit.kernels.switch import fused_for
+from minivit import backend
+from minivit.kernels.switch import fused_for, mode
 
 
 def applies(p, g, m, v) -> bool:
@@ -22,9 +23,18 @@ def update(p, g, m, v, **hyper):
     fused_adamw.update(p, g, m, v, **hyper)
 
 
-def update_many(arrays_per_param, memo, **hyper):
+def update_many(arrays_per_param, memo, **hyper) -> bool:
     """Replaces ``adamw_kernel`` on each (p, g, m, v) of ``arrays_per_param``
-    (each passing :func:`applies`, one dtype, the same ``hyper``) in one
-    compiled call; ``memo`` is a dict the caller keeps for these parameters."""
+    (one dtype, the same ``hyper``) in one compiled call, where every one
+    passes :func:`applies`; returns False, having done nothing, where one
+    does not. ``memo`` is a dict the caller keeps for these parameters: the
+    same arrays, under the same kernels, are checked once, not every step."""
+    key = (mode(), backend.name, tuple(id(a) for arrays in arrays_per_param for a in arrays))
+    if memo.get("checked") != key:
+        if not all(applies(*arrays) for arrays in arrays_per_param):
+            return False
+        memo.clear()
+        memo.update(checked=key, arrays=arrays_per_param)    # holds them: ids stay theirs
     from minivit.kernels.fused import adamw as fused_adamw
-    fused_adamw.update_many(arrays_per_param, memo, **hyper)
+    fused_adamw.update_many(arrays_per_param, memo, key[2], **hyper)
+    return True

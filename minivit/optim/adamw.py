@@ -47,14 +47,24 @@ class AdamW(Optimizer):
     def _hyper(self, p, state, group):
         """Start p's state on its first step, count the step, and return the
         update's scalars (its step's bias corrections included)."""
-        xp = backend.xp
-        beta1, beta2 = (float(b) for b in group["betas"])
+        return self._scalars(group, self._count_step(p, state))
+
+    @staticmethod
+    def _count_step(p, state):
+        """Start p's state on its first step (m, v zero) and count the step: t."""
         if not state:
+            xp = backend.xp
             state["step"] = 0
             state["exp_avg"] = xp.zeros_like(p)
             state["exp_avg_sq"] = xp.zeros_like(p)
         state["step"] += 1
-        t = state["step"]
+        return state["step"]
+
+    @staticmethod
+    def _scalars(group, t):
+        """The scalars of an update at step t, the same for every parameter of
+        the group at that step."""
+        beta1, beta2 = (float(b) for b in group["betas"])
         # bias corrections undo the zero start of m and v
         return dict(lr=float(group["lr"]), eps=float(group["eps"]),
                     wd=float(group["weight_decay"]), beta1=beta1, beta2=beta2,
@@ -77,20 +87,20 @@ class AdamW(Optimizer):
             adamw_kernel(*arrays, **hyper)
 
     def _update_group(self, items, group):
-        """All of a group's updates. Where the fused kernel runs on every
-        parameter, those with the same scalars (normally all) go in one
-        compiled call instead of one each: the same arithmetic per element."""
+        """All of a group's updates. Parameters of one dtype at the same step
+        (normally all) share their scalars; where the fused kernel runs on
+        every one of them, they go in one compiled call instead of one each:
+        the same arithmetic per element."""
         together = {}
         for p, g, state in items:
-            hyper = self._hyper(p, state, group)
-            arrays = (p, g, state["exp_avg"], state["exp_avg_sq"])
-            together.setdefault((p.dtype.str, *hyper.values()), (hyper, []))[1].append(arrays)
+            t = self._count_step(p, state)
+            together.setdefault((p.dtype.str, t), []).append(
+                (p, g, state["exp_avg"], state["exp_avg_sq"]))
         memos = self.__dict__.setdefault("_fused_memos", {})
-        for key, (hyper, arrays_per_param) in together.items():
-            if all(kernels.adamw.applies(*arrays) for arrays in arrays_per_param):
-                memo = memos.setdefault((id(group), key[0]), {})
-                kernels.adamw.update_many(arrays_per_param, memo, **hyper)
-            else:
+        for (dtype, t), arrays_per_param in together.items():
+            hyper = self._scalars(group, t)
+            memo = memos.setdefault((id(group), dtype), {})
+            if not kernels.adamw.update_many(arrays_per_param, memo, **hyper):
                 for arrays in arrays_per_param:
                     self._apply(arrays, hyper)
 
