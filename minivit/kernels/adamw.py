@@ -33,8 +33,8 @@ def update_many(arrays_per_param, memo, **hyper) -> bool:
     if memo.get("checked") != key:
         if not all(applies(*arrays) for arrays in arrays_per_param):
             return False
-        memo.clear()
+        memo.clear()                                         # the fused call's lists too
         memo.update(checked=key, arrays=arrays_per_param)    # holds them: ids stay theirs
     from minivit.kernels.fused import adamw as fused_adamw
-    fused_adamw.update_many(arrays_per_param, memo, key[2], **hyper)
+    fused_adamw.update_many(arrays_per_param, memo, **hyper)
     return True

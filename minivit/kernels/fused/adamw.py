@@ -65,29 +65,27 @@ def _serial_many(ps, gs, ms, vs, offsets, lo, hi, decay, b1, one_minus_b1, b2, o
                     decay, b1, one_minus_b1, b2, one_minus_b2, sqrt_bc2, eps, step, decayed)
 
 
-def _as_lists(arrays_per_param, memo, key):
+def _as_lists(arrays_per_param, memo):
     """numba typed lists of the flat p, g, m, v and the parameters' offsets,
-    built once for a set of arrays (``key``: their ids) and kept in ``memo``
-    (the caller's dict, which holds the arrays alive, so that their ids
-    cannot be reused meanwhile)."""
+    built once and kept in ``memo`` (the caller's dict, which it empties when
+    the arrays change and which holds them alive meanwhile)."""
     from numba import typed
-    if memo.get("key") != key:
+    if "lists" not in memo:
         flat = [[a.reshape(-1) for a in column] for column in zip(*arrays_per_param)]
         sizes = [p.size for p in flat[0]]
-        memo.update(key=key, arrays=arrays_per_param,
-                    lists=[typed.List(column) for column in flat],
+        memo.update(lists=[typed.List(column) for column in flat],
                     offsets=numpy.concatenate([[0], numpy.cumsum(sizes)]).astype(numpy.int64))
     return memo["lists"], memo["offsets"]
 
 
-def update_many(arrays_per_param, memo, key, lr, eps, wd, beta1, beta2, bias_correction1,
+def update_many(arrays_per_param, memo, lr, eps, wd, beta1, beta2, bias_correction1,
                 bias_correction2):
     """``update`` on every (p, g, m, v) of ``arrays_per_param`` (all
     C-contiguous, one float dtype, one set of hyperparameters) in one
     compiled call, its elements shared out over the cores when many.
-    ``memo``: a dict the caller keeps for this set of parameters; ``key``:
-    the ids of all their arrays, in order."""
-    lists, offsets = _as_lists(arrays_per_param, memo, key)
+    ``memo``: a dict the caller keeps for this set of parameters and
+    empties when any of their arrays is replaced."""
+    lists, offsets = _as_lists(arrays_per_param, memo)
     t = arrays_per_param[0][0].dtype.type
     scalars = (t(1.0 - lr * wd), t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2),
                t(bias_correction2 ** 0.5), t(eps), t(lr / bias_correction1), wd != 0.0)
