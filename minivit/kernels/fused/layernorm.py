@@ -26,36 +26,33 @@ from minivit.module import is_grad_enabled
 _REDUCE = {"reassoc", "contract"}
 
 
+# The loop over rows and each row's work in one compiled function: a row
+# function called per row is a call with every array passed, on each row,
+# which costs more than a short row's arithmetic.
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=_REDUCE)
-def _forward_row(x, xhat, rstd, y, gamma, beta, eps, i, keep_xhat):
-    D = x.shape[1]
+def _forward_rows(x, xhat, rstd, y, gamma, beta, eps, keep_xhat):
+    R, D = x.shape
     t = x.dtype.type
     inv_d = t(1.0) / t(D)
-    total = t(0.0)
-    for j in range(D):
-        total += x[i, j]
-    mu = total * inv_d
-    sq = t(0.0)
-    for j in range(D):
-        c = x[i, j] - mu
-        sq += c * c
-    r = t(1.0) / math.sqrt(sq * inv_d + eps)
-    rstd[i, 0] = r
-    if keep_xhat:                 # tested outside the loop, so that it vectorises
+    for i in range(R):
+        total = t(0.0)
         for j in range(D):
-            h = (x[i, j] - mu) * r
-            xhat[i, j] = h
-            y[i, j] = h * gamma[j] + beta[j]
-    else:
+            total += x[i, j]
+        mu = total * inv_d
+        sq = t(0.0)
         for j in range(D):
-            y[i, j] = (x[i, j] - mu) * r * gamma[j] + beta[j]
-
-
-@njit(cache=True, error_model="numpy", nogil=True)
-def _forward_serial(x, xhat, rstd, y, gamma, beta, eps, keep_xhat):
-    for i in range(x.shape[0]):
-        _forward_row(x, xhat, rstd, y, gamma, beta, eps, i, keep_xhat)
-
+            c = x[i, j] - mu
+            sq += c * c
+        r = t(1.0) / math.sqrt(sq * inv_d + eps)
+        rstd[i, 0] = r
+        if keep_xhat:             # tested outside the loop over j, so that it vectorises
+            for j in range(D):
+                h = (x[i, j] - mu) * r
+                xhat[i, j] = h
+                y[i, j] = h * gamma[j] + beta[j]
+        else:
+            for j in range(D):
+                y[i, j] = (x[i, j] - mu) * r * gamma[j] + beta[j]
 
 
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=_REDUCE)
@@ -95,7 +92,7 @@ def forward(x_rows, gamma, beta, eps):
     # keep the loop from being vectorised (an untouched allocation is free)
     xhat = numpy.empty_like(x_rows)
     rstd = numpy.empty((x_rows.shape[0], 1), dtype=x_rows.dtype)
-    fused.run(_forward_serial, (x_rows, xhat, rstd, y), (gamma, beta, x_rows.dtype.type(eps), keep))
+    fused.run(_forward_rows, (x_rows, xhat, rstd, y), (gamma, beta, x_rows.dtype.type(eps), keep))
     return y, (xhat if keep else y), rstd
 
 
