@@ -20,6 +20,7 @@ from numba import njit
 
 from minivit.kernels import fused
 from minivit.module import is_grad_enabled
+from minivit.parallel import threads
 
 # reductions may be reordered (so they vectorise); nothing else is relaxed,
 # so NaN and inf propagate as in the reference
@@ -102,6 +103,11 @@ def backward(dout_rows, xhat, rstd, gamma):
     dout_rows, xhat, rstd, gamma = _c(dout_rows), _c(xhat), _c(rstd), _c(gamma)
     R, D = dout_rows.shape
     dx = numpy.empty_like(dout_rows)
+    if dout_rows.size < threads.PARALLEL_MIN_ELEMENTS:     # one block, as parallel_rows would
+        dgamma = numpy.zeros(D, dtype=dout_rows.dtype)
+        dbeta = numpy.zeros(D, dtype=dout_rows.dtype)
+        _backward_rows(dout_rows, xhat, rstd, gamma, dx, dgamma, dbeta, 0, R)
+        return dx, dgamma, dbeta
     parts = []                           # (first row, dgamma, dbeta) of each block
     row_bytes = dout_rows.strides[0]
 
