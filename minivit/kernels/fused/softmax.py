@@ -4,9 +4,9 @@ Replaces ``minivit.kernels.attention.softmax_of_score_matrices`` (with the
 ``scores *= scale`` before it) and the first lines of
 ``scores_backward_kernel``: the reference lines a = softmax(s * scale) and
 ds = a * (da - sum(da * a)) of ``minivit/layers/attention.py``. Per row of T
-scores: its max, exp(s * scale - max) and their sum, then one division per
-element; the backward takes sum(da * a) in one loop and writes ds in
-another over the same row, in place. Every row is shifted by its own max,
+scores its max and s * scale - max; then exp of the whole block in one loop;
+then per row the sum and a product by its inverse. The backward takes
+sum(da * a) in one loop and writes ds in another over the same row, in place. Every row is shifted by its own max,
 as in the reference, so no row underflows, and a NaN score makes its row
 NaN, as there. These run inside ``parallel_rows``'s blocks (already one
 block per core), so they are serial and release the GIL.
@@ -40,8 +40,14 @@ def _softmax_rows(scores, out, scale):
     t = scores.dtype.type
     for i in range(R):
         top = _row_max(scores, i, scale)
-        for j in range(T):                          # (apart from the sum: so it vectorises)
-            out[i, j] = exp(scores[i, j] * scale - top)
+        for j in range(T):
+            out[i, j] = scores[i, j] * scale - top
+    # exp over the whole block in one loop: row by row, a short row would
+    # leave an exp outside the SIMD registers at the end of every row
+    shifted = out.reshape(-1)
+    for k in range(shifted.shape[0]):
+        shifted[k] = exp(shifted[k])
+    for i in range(R):
         total = t(0.0)
         for j in range(T):
             total += out[i, j]
