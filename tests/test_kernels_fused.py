@@ -16,7 +16,7 @@ from helpers import randn, randomize_parameters  # noqa: E402
 
 from minivit import backend, kernels  # noqa: E402
 from minivit.kernels import fused  # noqa: E402
-from minivit.layers import GELU, Dropout, LayerNorm, MultiHeadSelfAttention  # noqa: E402
+from minivit.layers import GELU, Dropout, LayerNorm, Linear, MultiHeadSelfAttention  # noqa: E402
 from minivit.loss import cross_entropy  # noqa: E402
 
 DTYPES = ["float32", "float64"]
@@ -244,6 +244,44 @@ def test_dropout_same_mask_same_result(dtype, parallel):
         np.testing.assert_array_equal(out["fused"][1], out["reference"][1])
         assert out["fused"][0].dtype == np.dtype(dtype)
         assert 0.2 < (out["fused"][0] == 0).mean() < 0.4
+
+
+# -- Linear's bias add ----------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_add_is_the_reference_bit_for_bit(dtype, monkeypatch):
+    """One addition per value, as y + b: zeros of both signs, inf, NaN; and
+    through Linear (where it must run), a small product and one large enough
+    to be shared out over the cores, the forward equal bit for bit with the
+    NumPy kernels'."""
+    from minivit.kernels.fused import bias as fused_bias
+    from minivit.kernels.fused.bias import add_to_rows
+    calls = []
+    monkeypatch.setattr(fused_bias, "add_to_rows",
+                        lambda y_rows, b: calls.append(y_rows.shape) or add_to_rows(y_rows, b))
+    rng = np.random.default_rng(20)
+    y = rng.standard_normal((37, 11)).astype(dtype)
+    b = rng.standard_normal(11).astype(dtype)
+    y[0, :6] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e30]
+    b[:6] = [-0.0, -0.0, 1.0, np.inf, 2.0, -1e30]
+    with np.errstate(invalid="ignore"):                           # -inf + inf
+        want = y + b
+    got = y.copy()
+    add_to_rows(got, b)
+    np.testing.assert_array_equal(got, want)
+    assert np.signbit(got[0, 1]) and not np.signbit(got[0, 0])    # -0 + -0, 0 + -0
+    with backend.using("numpy", dtype=dtype):
+        for rows, width in ((45, 11), (4096, 64)):      # 4096 x 64 x 64: LARGE_PRODUCT
+            layer = Linear(width, width)
+            randomize_parameters(layer)
+            x = randn(rows, width, seed=21)
+            out = {}
+            for mode in ("fused", "numpy"):
+                with kernels.using(mode):
+                    out[mode] = layer.forward(x)
+            np.testing.assert_array_equal(out["fused"], out["numpy"])
+            assert np.abs(out["fused"] - x @ layer.weight.data.T).max() > 0   # bias not zero
+            assert sum(shape[0] for shape in calls) == rows   # every row, once, fused
+            calls.clear()
 
 
 # -- cross-entropy --------------------------------------------------------------

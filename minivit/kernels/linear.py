@@ -17,7 +17,8 @@ minivit's threads if those run next (``minivit.parallel.threads``). Hence:
 - a small product with many rows (a small model's tokens): one BLAS call;
   shares or one BLAS thread measured slower there (docs/performance.md).
 
-The backward's bias sum is ``minivit.kernels.reductions.sum_rows``.
+The backward's bias sum is ``minivit.kernels.reductions.sum_rows``; with the
+fused kernels the forward's bias add is ``minivit/kernels/fused/bias.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 from functools import partial
 
 from minivit import backend
+from minivit.kernels.switch import fused_for
 from minivit.parallel import threads
 
 # Multiply-adds (rows x in x out) from which a product counts as large.
@@ -34,7 +36,12 @@ LARGE_PRODUCT = 1 << 24
 def linear_forward_kernel(x_rows, y_rows, weight, bias):
     """Rows (R, in) -> (R, out): y = x W^T + b, into ``y_rows``."""
     backend.xp.matmul(x_rows, weight.T, out=y_rows)
-    if bias is not None:
+    if bias is None:
+        return
+    if fused_for(y_rows, bias) and y_rows.flags.c_contiguous:
+        from minivit.kernels.fused import bias as fused_bias
+        fused_bias.add_to_rows(y_rows, bias)       # minivit/kernels/fused/bias.py
+    else:
         y_rows += bias
 
 

@@ -19,6 +19,7 @@ layernorm.py    LayerNorm forward and backward, one pass per row
 gelu.py         GELU (tanh and exact) with dy/dx, one pass per element
 softmax.py      the attention softmax with its scale, and its backward
 dropout.py      the dropout mask and product in one pass
+bias.py         a Linear layer's bias added to its product's rows
 loss.py         softmax cross-entropy: loss and dlogits in one pass per row
 adamw.py        the AdamW update, one pass over each parameter
 exp.py          float32 exp and erf that compile to SIMD code
