@@ -1,4 +1,4 @@
-"""The attention softmax with its scale, and its backward, one compiled pass per row.
+"""The attention softmax with its scale, and its backward, in compiled loops over the rows.
 
 Replaces ``minivit.kernels.attention.softmax_of_score_matrices`` (with the
 ``scores *= scale`` before it) and the first lines of
@@ -8,8 +8,9 @@ scores its max and s * scale - max; then exp of the whole block in one loop;
 then per row the sum and a product by its inverse. The backward takes
 sum(da * a) in one loop and writes ds in another over the same row, in
 place. Every row is shifted by its own max, as in the reference, so no row
-underflows, and a NaN score makes its row NaN, as there. These run inside ``parallel_rows``'s blocks (already one
-block per core), so they are serial and release the GIL.
+underflows, and a NaN score makes its row NaN, as there. These run inside
+``parallel_rows``'s blocks (already one block per core), so they are serial
+and release the GIL.
 """
 
 from __future__ import annotations
