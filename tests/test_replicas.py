@@ -144,6 +144,44 @@ def test_worker_processes_share_the_weights_and_follow_the_model():
         assert replicas._workers is None and not any(p.is_alive() for p in workers.procs)
 
 
+def test_worker_images_and_gradients_take_the_shared_or_the_plain_way():
+    """A worker's slice of the images is written into its shared buffer (sized
+    by the first slice; a larger one goes through the pipe), and its gradients
+    are added to the model's in one flat sum while the model's gradients are
+    views of one array (per parameter once one is replaced): all equal the
+    model alone."""
+    with backend.using("numpy", "float64"):
+        model, replicas = _model_with_workers()
+        alone = ViT(**CONFIG, seed=1)
+
+        def step_equals_alone(x, y):
+            model.zero_grad()
+            alone.zero_grad()
+            loss, logits = replicas.loss_and_grads(x, y, cross_entropy)
+            want, dlogits = cross_entropy(alone.forward(x), y)
+            alone.backward(dlogits)
+            assert loss == pytest.approx(want, rel=1e-13)
+            np.testing.assert_allclose(logits, alone.forward(x), rtol=1e-12)
+            for (name, a), b in zip(alone.named_parameters(), model.parameters()):
+                np.testing.assert_allclose(b.grad, a.grad, rtol=1e-10, atol=1e-14,
+                                           err_msg=name)
+
+        x, y = _batch(8)
+        step_equals_alone(x, y)
+        workers = replicas._workers
+        shared = workers._images[0].raw[:x[4:].nbytes].view(x.dtype)
+        np.testing.assert_array_equal(shared, x[4:].ravel())          # went by shared memory
+        assert all(p.grad is flat for p, flat in zip(model.parameters(),
+                                                     workers.own_grads.arrays))
+        x2, y2 = _batch(16, seed=1)                       # slices twice the buffer: by pipe
+        step_equals_alone(x2, y2)
+        np.testing.assert_array_equal(shared, x[4:].ravel())          # untouched
+        model.head.weight.grad = np.zeros_like(model.head.weight.data)   # not a view now
+        step_equals_alone(x, y)
+        assert replicas._workers is workers
+        replicas.close()
+
+
 def _loss_refusing_label_4(logits, y):
     if (y == 4).any():
         raise ValueError("label 4 refused")
@@ -233,7 +271,7 @@ def test_the_replicas_follow_the_kernel_switch(processes, monkeypatch):
         if processes:                                          # the workers get the traps too
             replicas.close()
             with kernels.using("fast"):
-                replicas._workers_for(2, cross_entropy)
+                replicas._workers_for(2, cross_entropy, split.modules(), x[4:])
             assert replicas._workers is not None
         with kernels.using("reference"):
             split.zero_grad()

@@ -38,6 +38,7 @@ import pickle
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from minivit import backend
 from minivit.module import is_grad_enabled, set_grad_enabled
@@ -113,12 +114,8 @@ class Replicas:
         parts = self.slices(len(x))
         if len(parts) == 1:
             return replica_step(self.model, x, y, loss_fn, 1.0)
-        results, replica_grads = self._run(parts, x, y, loss_fn)
-        params = self.model.parameters()
-        for theirs in replica_grads:                    # g = sum_r (n_r / B) g_r
-            for mine, grad in zip(params, theirs):
-                if mine.grad is not None:
-                    mine.grad += grad
+        results, add_their_grads = self._run(parts, x, y, loss_fn)
+        add_their_grads()                               # g = sum_r (n_r / B) g_r
         loss = sum(part_loss for part_loss, _ in results)
         return loss, backend.xp.concatenate([part_logits for _, part_logits in results])
 
@@ -131,8 +128,8 @@ class Replicas:
     # -- machinery --------------------------------------------------------------
     def _run(self, parts, x, y=None, loss_fn=None):
         """Replica r on slice r, all at once: [(loss_r * n_r / B or None,
-        logits_r)] in slice order, and the gradient arrays of replicas 1..k-1
-        (each a list in parameter order). Replica 0 is the model, on this
+        logits_r)] in slice order, and a function that adds the gradients of
+        replicas 1..k-1 into the model's. Replica 0 is the model, on this
         thread."""
         batch = parts[-1][1]
         jobs = [(x[lo:hi], None if y is None else y[lo:hi], (hi - lo) / batch)
@@ -140,7 +137,8 @@ class Replicas:
         seeds = (backend.device_rng().integers(0, 2**63, size=len(parts)).tolist()
                  if self.model.training else [None] * len(parts))
         grad_enabled = is_grad_enabled()
-        workers = self._workers_for(len(parts), loss_fn)
+        modules = self.model.modules()
+        workers = self._workers_for(len(parts), loss_fn, modules, jobs[1][0])
 
         def run_one(replica, r):
             generator = None if seeds[r] is None else backend.xp.random.default_rng(seeds[r])
@@ -154,12 +152,13 @@ class Replicas:
         with blas_threads(1):
             if workers is not None:
                 workers.submit(jobs[1:], loss_fn, seeds[1:], grad_enabled,
-                               [m.training for m in self.model.modules()])
+                               [m.training for m in modules])
                 try:
                     first = run_one(self.model, 0)
                 finally:
                     others = workers.collect()          # re-raises a worker's error
-                return [first] + others, workers.grads[:len(others)]
+                return [first] + others, partial(workers.add_grads, self.model.parameters(),
+                                                 len(others))
             replicas = self._replicas_for(len(parts))
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.threads - 1,
@@ -169,19 +168,20 @@ class Replicas:
                 first = run_one(self.model, 0)
             finally:
                 others = [f.result() for f in futures]      # re-raises a replica's error
-        return [first] + others, [[p.grad for p in r.parameters()] for r in replicas[1:]]
+        return [first] + others, partial(_add_grads, self.model.parameters(), replicas[1:])
 
-    def _workers_for(self, k: int, loss_fn):
-        """Worker processes for replicas 1..k-1, or None to use threads."""
+    def _workers_for(self, k: int, loss_fn, modules, images):
+        """Worker processes for replicas 1..k-1, or None to use threads.
+        ``modules``: the model's; ``images``: a slice like those to come."""
         if (not self.processes or not _pickles(loss_fn)
                 or multiprocessing.current_process().daemon):   # may not have children
             return None
         if self._workers is not None and (self._workers.count < k - 1
-                                          or not self._workers.matches(self.model)):
+                                          or not self._workers.matches(modules)):
             self.close()                                # the model changed: fork anew
         if self._workers is None:
             try:
-                self._workers = Workers(self.model, self.threads - 1)
+                self._workers = Workers(self.model, self.threads - 1, images)
             except OSError as exc:                      # e.g. no memory or process slots
                 warnings.warn(f"minivit.parallel.replicas: could not start worker processes ({exc}); "
                               "running the replicas as threads", RuntimeWarning, stacklevel=4)
@@ -200,6 +200,14 @@ class Replicas:
             for mine, theirs in zip(params, replica.parameters()):
                 theirs.data = mine.data                     # shared, never copied
         return self._replicas[:k]
+
+
+def _add_grads(params, replicas):
+    """Add the thread replicas' gradients into ``params`` (the model's)."""
+    for replica in replicas:
+        for mine, theirs in zip(params, replica.parameters()):
+            if mine.grad is not None:
+                mine.grad += theirs.grad
 
 
 def _pickles(loss_fn) -> bool:

@@ -4,9 +4,13 @@ Each worker holds a copy of the model whose parameters are views of one
 block of memory shared with the parent (anonymous ``mmap``, MAP_SHARED, made
 before the fork), so an optimizer step or a loaded checkpoint, written in
 place, is seen by all. Each worker writes its gradients into a shared
-buffer of its own, which the parent adds into the model's ``.grad``; the
-batch slices and the logits travel through pipes. ``replica_step`` is the
-work of one replica, in a worker or in the parent.
+buffer of its own, which the parent adds into the model's ``.grad``: the
+model's gradients are views of one flat array too, so that sum is one
+addition per worker, not one per parameter. Each worker's slice of the
+images is written into a shared buffer of its own (through a pipe it would
+be copied twice and wake the worker once per 64 KB, while it waits to
+start); the labels, the logits and the loss travel through pipes.
+``replica_step`` is the work of one replica, in a worker or in the parent.
 """
 
 from __future__ import annotations
@@ -50,23 +54,39 @@ class SharedArrays:
         self.arrays = [self.raw[o:o + a.nbytes].view(a.dtype).reshape(a.shape)
                        for o, a in zip(offsets, like)]
 
+    def flat(self):
+        """All the arrays as one 1-D array (padding included, zero unless
+        written), or None if their dtypes differ."""
+        dtypes = {a.dtype for a in self.arrays}
+        return self.raw.view(dtypes.pop()) if len(dtypes) == 1 else None
+
+    def holds(self, array) -> bool:
+        """Whether ``array`` (shape and dtype as given) fits in the block."""
+        return array.nbytes <= self.raw.nbytes
+
 
 def _walk(model):
     """(modules, parameters) of ``model``, in the order every process uses."""
     return model.modules(), model.parameters()
 
 
+def _parameters_of(modules):
+    return [p for m in modules for p in m._parameters.values()]
+
+
 def _signature(modules, params):
-    return ([id(m) for m in modules],
-            [(id(p), p.data.shape, p.data.dtype.str, p.requires_grad)
-             for p in params])
+    """What a forked copy depends on, other than the parameters' values
+    (their shapes and dtypes are those of the shared arrays: ``matches``)."""
+    return [id(m) for m in modules], [(id(p), p.requires_grad) for p in params]
 
 
 class Workers:
     """``count`` forked processes, each with a copy of ``model`` whose
     parameters are views of memory shared with this process's model."""
 
-    def __init__(self, model, count: int):
+    def __init__(self, model, count: int, images=None):
+        """``images``: a slice of the batch like those to come; each worker's
+        shared buffer holds that many bytes (larger slices go by pipe)."""
         modules, params = _walk(model)              # the order the workers use too
         self.count, self.broken = count, False
         self.signature = _signature(modules, params)
@@ -76,13 +96,20 @@ class Workers:
             p.data = shared                                 # the model now lives here too
         self._grads = [SharedArrays([p.data for p in params]) for _ in range(count)]
         self.grads = [g.arrays for g in self._grads]
+        self.own_grads = SharedArrays([p.data for p in params])    # the model's, flat
+        for p, flat in zip(params, self.own_grads.arrays):
+            if p.requires_grad:
+                flat[...] = p.grad
+                p.grad = flat
+        self._images = [SharedArrays([numpy.empty(0 if images is None else images.nbytes,
+                                                  numpy.uint8)]) for _ in range(count)]
         context = multiprocessing.get_context("fork")
         self.conns, self.procs = [], []
         try:
             for r in range(count):
                 mine, theirs = context.Pipe()
                 proc = context.Process(target=_worker_loop,
-                                       args=(model, theirs, self._grads[r]),
+                                       args=(model, theirs, self._grads[r], self._images[r]),
                                        name=f"minivit-replica-{r + 1}", daemon=True)
                 proc.start()
                 theirs.close()
@@ -93,23 +120,32 @@ class Workers:
             raise
         self._finalizer = weakref.finalize(self, _shutdown, self.conns, self.procs)
 
-    def matches(self, model) -> bool:
-        """Still the model the workers copied; parameters replaced by arrays of
-        the same shape are copied into the shared memory (and point to it)."""
-        modules, params = _walk(model)
+    def matches(self, modules) -> bool:
+        """Still the model (``modules``: its ``modules()``) the workers copied;
+        parameters replaced by arrays of the same shape and dtype are copied
+        into the shared memory (and point to it)."""
+        params = _parameters_of(modules)
         if self.broken or _signature(modules, params) != self.signature:
             return False
-        for p, shared in zip(params, self.params.arrays):
-            if p.data is not shared:
-                shared[...] = p.data
-                p.data = shared
+        replaced = [(p, shared) for p, shared in zip(params, self.params.arrays)
+                    if p.data is not shared]
+        if any(p.data.shape != shared.shape or p.data.dtype != shared.dtype
+               for p, shared in replaced):
+            return False
+        for p, shared in replaced:
+            shared[...] = p.data
+            p.data = shared
         return True
 
     def submit(self, jobs, loss_fn, seeds, grad_enabled, training):
         self.sent = []
-        for conn, job, seed in zip(self.conns, jobs, seeds):
+        for conn, images, job, seed in zip(self.conns, self._images, jobs, seeds):
+            x = backend.to_numpy(job[0])
+            if images.holds(x):                 # the worker reads it from shared memory
+                images.raw[:x.nbytes].view(x.dtype).reshape(x.shape)[...] = x
+                x = (x.shape, x.dtype.str)
             try:
-                conn.send((*(backend.to_numpy(a) if a is not None else None for a in job[:2]),
+                conn.send((x, None if job[1] is None else backend.to_numpy(job[1]),
                            job[2], loss_fn, seed, grad_enabled, training, kernels.mode()))
                 self.sent.append(True)
             except OSError:                                 # the worker is gone
@@ -136,6 +172,21 @@ class Workers:
             raise error
         return results
 
+    def add_grads(self, params, count):
+        """Add the first ``count`` workers' gradients into ``params``' (the
+        model's, in order): one flat addition per worker while the model's
+        gradients are still the flat array's views, else one per parameter."""
+        mine = self.own_grads.flat()
+        if mine is None or not all(p.grad is flat for p, flat in
+                                   zip(params, self.own_grads.arrays) if p.requires_grad):
+            for theirs in self.grads[:count]:
+                for p, grad in zip(params, theirs):
+                    if p.grad is not None:
+                        p.grad += grad
+            return
+        for theirs in self._grads[:count]:       # padding and fixed parameters: zeros
+            mine += theirs.flat()
+
     def close(self):
         self._finalizer()
 
@@ -153,7 +204,7 @@ def _shutdown(conns, procs):
             proc.terminate()
 
 
-def _worker_loop(model, conn, grads):
+def _worker_loop(model, conn, grads, images):
     """A worker process: replica steps on the slices it is sent, until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's to handle
     modules, params = _walk(model)                  # the order the parent sends in
@@ -168,6 +219,10 @@ def _worker_loop(model, conn, grads):
             if message is None:
                 return
             x, y, weight, loss_fn, seed, grad_enabled, training, kernel_mode = message
+            if isinstance(x, tuple):                        # (shape, dtype) in shared memory
+                shape, dtype = x
+                x = images.raw[:numpy.prod(shape, dtype=int) * numpy.dtype(dtype).itemsize
+                               ].view(dtype).reshape(shape)
             try:
                 kernels.use(kernel_mode)
                 for module, mode in zip(modules, training):
