@@ -182,6 +182,35 @@ def test_worker_images_and_gradients_take_the_shared_or_the_plain_way():
         replicas.close()
 
 
+def _resident_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc/self/status")
+def test_worker_replicas_that_only_infer_hold_no_gradients():
+    """The model's gradients become views of a shared block when the workers
+    fork; for a model that only infers they must stay unwritten pages (no
+    memory), as they were before: memory grows by the parameters' shared copy
+    only, not by a gradient's worth more."""
+    if not _fork_available():
+        pytest.skip("worker processes need fork (Linux)")
+    model = ViT(image_size=8, patch_size=4, in_channels=1, num_classes=5, dim=512, depth=4,
+                heads=8, mlp_dim=2048, seed=0)
+    params_mb = sum(p.data.nbytes for p in model.parameters()) / 2 ** 20
+    x, _ = _batch(8)
+    x = x.astype(np.float32)
+    with minivit.no_grad():
+        model.forward(x)                # kernels compiled or loaded, buffers made
+    before = _resident_mb()
+    replicas = Replicas(model, threads=2, processes=True)
+    with minivit.no_grad():
+        replicas.logits(x)
+    grown = _resident_mb() - before
+    replicas.close()
+    assert params_mb > 40 and grown < 1.5 * params_mb, (grown, params_mb)
+
+
 def _loss_refusing_label_4(logits, y):
     if (y == 4).any():
         raise ValueError("label 4 refused")

@@ -99,7 +99,8 @@ class Workers:
         self.own_grads = SharedArrays([p.data for p in params])    # the model's, flat
         for p, flat in zip(params, self.own_grads.arrays):
             if p.requires_grad:
-                flat[...] = p.grad
+                if p._grad is not None:     # else zeros already: pages never written cost
+                    flat[...] = p._grad     # no memory, so a model that only infers holds none
                 p.grad = flat
         self._images = [SharedArrays([numpy.empty(0 if images is None else images.nbytes,
                                                   numpy.uint8)]) for _ in range(count)]
