@@ -179,6 +179,42 @@ def test_worker_images_and_gradients_take_the_shared_or_the_plain_way():
         model.head.weight.grad = np.zeros_like(model.head.weight.data)   # not a view now
         step_equals_alone(x, y)
         assert replicas._workers is workers
+        model.head = Linear(16, 5)                        # forked anew: the gradients move
+        alone.head = Linear(16, 5)
+        alone.head.weight.data[...] = model.head.weight.data
+        step_equals_alone(x, y)
+        assert replicas._workers is not workers
+        assert all(p.grad is flat for p, flat in zip(model.parameters(),
+                                                     replicas._workers.own_grads.arrays))
+        replicas.close()
+
+
+def test_worker_replicas_leave_gradients_that_live_in_another_array():
+    """Gradients that are views of another's flat buffer (the MPI gradient
+    buckets) stay there when the workers fork, and receive the workers' sums."""
+    from minivit.parallel.distributed import GradientBuckets
+    with backend.using("numpy", "float64"):
+        model, replicas = _model_with_workers()
+        alone = ViT(**CONFIG, seed=1)
+        buckets = GradientBuckets(model.parameters(), world=None, bucket_bytes=1 << 12)
+        views = [p.grad for p in model.parameters()]
+        x, y = _batch(8)
+        replicas.loss_and_grads(x, y, cross_entropy)
+        assert all(p.grad is view for p, view in zip(model.parameters(), views))
+        assert len(buckets.buffers) > 1
+        alone.backward(cross_entropy(alone.forward(x), y)[1])
+        flat = np.concatenate([b for b in buckets.buffers])
+        np.testing.assert_allclose(flat, np.concatenate([p.grad.ravel() for p in
+                                                         alone.parameters()]),
+                                   rtol=1e-10, atol=1e-14)
+        model.zero_grad()                                   # the same workers, again
+        replicas.loss_and_grads(x, y, cross_entropy)
+        assert replicas._workers is not None and all(
+            p.grad is view for p, view in zip(model.parameters(), views))
+        replicas.close()
+        model.head = Linear(16, 5)                          # forked anew: still theirs
+        replicas.loss_and_grads(x, y, cross_entropy)
+        assert all(p.grad is view for p, view in zip(model.parameters()[:-2], views))
         replicas.close()
 
 

@@ -65,6 +65,14 @@ class SharedArrays:
         return array.nbytes <= self.raw.nbytes
 
 
+def _in_shared_block(array) -> bool:
+    """Whether ``array`` is a view into a ``SharedArrays`` block (an earlier
+    fork's): the arrays it views end in one over an ``mmap``."""
+    while isinstance(array.base, numpy.ndarray):
+        array = array.base
+    return isinstance(array.base, memoryview) and isinstance(array.base.obj, mmap.mmap)
+
+
 def _walk(model):
     """(modules, parameters) of ``model``, in the order every process uses."""
     return model.modules(), model.parameters()
@@ -98,7 +106,11 @@ class Workers:
         self.grads = [g.arrays for g in self._grads]
         self.own_grads = SharedArrays([p.data for p in params])    # the model's, flat
         for p, flat in zip(params, self.own_grads.arrays):
-            if p.requires_grad:
+            # A gradient that is a view into another's array (the flat buckets
+            # of minivit.parallel.distributed) stays there; add_grads then goes
+            # parameter by parameter.
+            if p.requires_grad and (p._grad is None or p._grad.base is None
+                                    or _in_shared_block(p._grad)):
                 if p._grad is not None:     # else zeros already: pages never written cost
                     flat[...] = p._grad     # no memory, so a model that only infers holds none
                 p.grad = flat
