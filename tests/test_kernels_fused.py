@@ -284,6 +284,46 @@ def test_bias_add_is_the_reference_bit_for_bit(dtype, monkeypatch):
             calls.clear()
 
 
+# -- the augmentation's warp ----------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_warp_is_the_reference_bit_for_bit(dtype, channels, monkeypatch):
+    """The same float32 coordinates and the same operations in the same order:
+    equal to the NumPy warp bit for bit, with shifts and rotations that send
+    sources far outside the image (fill, one value or one per channel), a
+    non-square image, NaN and inf pixels, zeros of both signs; a
+    non-contiguous batch and integer images go through NumPy, still equal."""
+    from minivit.data.augment import random_transforms, warp_affine
+    from minivit.kernels.fused import warp as fused_warp
+    calls = []
+    real = fused_warp.warp
+    monkeypatch.setattr(fused_warp, "warp", lambda *a: calls.append(a[0].shape) or real(*a))
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal((19, channels, 13, 9)).astype(dtype)
+    x[0, :, 4, :5] = [0.0, -0.0, np.inf, -np.inf, np.nan]
+    shifts, angles = random_transforms(19, rng, max_shift=6, max_rotate_deg=180.0)
+    fills = [-0.42, rng.standard_normal(channels).astype(dtype)]
+    out = {}
+    for fill in fills:
+        for mode in ("fused", "numpy"):
+            with kernels.using(mode), np.errstate(invalid="ignore"):
+                out[mode] = warp_affine(x, shifts, angles, fill)
+        np.testing.assert_array_equal(out["fused"], out["numpy"])
+        assert out["fused"].dtype == np.dtype(dtype)
+        filled = out["fused"] == np.asarray(fill, dtype).reshape(-1, 1, 1)   # sources outside
+        assert np.isnan(out["fused"]).any() and filled.sum() > 0
+    assert calls == [x.shape] * len(fills)
+    calls.clear()
+    strided = np.repeat(x, 2, axis=3)[..., ::2]                   # x, not contiguous
+    for source in (strided, rng.integers(0, 256, x.shape).astype(np.uint8)):
+        with kernels.using("fused"), np.errstate(invalid="ignore"):
+            got = warp_affine(source, shifts, angles, -0.42)
+        with kernels.using("numpy"), np.errstate(invalid="ignore"):
+            want = warp_affine(source, shifts, angles, -0.42)
+        np.testing.assert_array_equal(got, want)
+    assert calls == []
+
+
 # -- cross-entropy --------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])

@@ -1,7 +1,9 @@
 """Data augmentation: random shifts and small rotations, one vectorised pass.
 
 Host NumPy, applied to each training batch before it moves to the device
-(``iterate_batches(..., augment=...)``).
+(``iterate_batches(..., augment=...)``), on one core while the training step
+waits. With the fused kernels the warp is one compiled loop over each image's
+pixels, the same arithmetic (``minivit/kernels/fused/warp.py``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivit import backend
+from minivit.kernels.switch import fused_for
 
 __all__ = ["warp_affine", "augment", "random_transforms"]
 
@@ -42,6 +45,12 @@ def warp_affine(images: np.ndarray, shifts, angles_deg=0.0, fill=0.0) -> np.ndar
     theta = np.deg2rad(np.broadcast_to(np.asarray(angles_deg, dtype=np.float64), (B,)))
     cos = np.cos(theta).astype(np.float32)[:, None, None]  # (B, 1, 1): broadcast over the grid
     sin = np.sin(theta).astype(np.float32)[:, None, None]
+    if fused_for(images) and images.flags.c_contiguous:
+        # the same arithmetic, one pass per pixel: minivit/kernels/fused/warp.py
+        from minivit.kernels.fused import warp
+        fill_c = np.broadcast_to(np.asarray(fill, dtype=images.dtype).reshape(-1), (C,))
+        return warp.warp(images, np.ascontiguousarray(shifts), cos.reshape(B),
+                         sin.reshape(B), np.ascontiguousarray(fill_c))
 
     # Output grid relative to the image centre, minus the shift: (B, H, W).
     cy, cx = (H - 1) / 2.0, (W - 1) / 2.0

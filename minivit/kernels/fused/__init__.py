@@ -20,6 +20,7 @@ gelu.py         GELU (tanh and exact) with dy/dx, one pass per element
 softmax.py      the attention softmax with its scale, and its backward
 dropout.py      the dropout mask and product in one pass
 bias.py         a Linear layer's bias added to its product's rows
+warp.py         the augmentation's rotate-and-shift, bilinear, per image
 loss.py         softmax cross-entropy: loss and dlogits in one pass per row
 adamw.py        the AdamW update, one pass over each parameter
 exp.py          float32 exp and erf that compile to SIMD code
