@@ -421,6 +421,14 @@ def test_warp_known_shift():
     assert (filled[0, :, 0, :] == -0.5).all() and (filled[1, :, -3:, :] == -0.5).all()
 
 
+@pytest.mark.parametrize("shifts,angles", [((np.nan, 0), 0.0), ((0, np.inf), 0.0),
+                                           ((0, 0), [0.0, np.nan]), ((0, 0), -np.inf)])
+def test_warp_refuses_shifts_and_angles_that_are_not_finite(shifts, angles):
+    x = np.zeros((2, 1, 6, 6), dtype=np.float32)
+    with pytest.raises(ValueError, match="finite"):
+        data.warp_affine(x, shifts, angles)
+
+
 def test_warp_rotation():
     x = _batch(b=1, h=7, w=7)
     # 90 degrees counter-clockwise as displayed equals np.rot90 on (H, W)

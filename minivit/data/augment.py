@@ -43,6 +43,11 @@ def warp_affine(images: np.ndarray, shifts, angles_deg=0.0, fill=0.0) -> np.ndar
     # float32 coordinates: exact to ~1e-5 px on a 28 px image, and half the memory traffic
     shifts = np.broadcast_to(np.asarray(shifts, dtype=np.float32), (B, 2))
     theta = np.deg2rad(np.broadcast_to(np.asarray(angles_deg, dtype=np.float64), (B,)))
+    if not (np.isfinite(shifts).all() and np.isfinite(theta).all()):
+        raise ValueError("warp_affine: every shift and angle must be a finite number "
+                         "(a NaN or inf has no source pixel); got "
+                         f"shifts {shifts[~np.isfinite(shifts).all(axis=1)][:3].tolist()}, "
+                         f"angles {np.rad2deg(theta[~np.isfinite(theta)][:3]).tolist()}")
     cos = np.cos(theta).astype(np.float32)[:, None, None]  # (B, 1, 1): broadcast over the grid
     sin = np.sin(theta).astype(np.float32)[:, None, None]
     if fused_for(images) and images.flags.c_contiguous:
