@@ -82,6 +82,12 @@ class no_grad(set_grad_enabled):
         return wrapper
 
 
+def parameters_of(modules) -> list:
+    """The parameters of ``modules`` (a ``Module.modules()`` list), in order:
+    ``Module.parameters`` without walking the modules again."""
+    return [p for m in modules for p in m._parameters.values()]
+
+
 class Parameter:
     """A trainable array and the gradient accumulated for it.
 
@@ -201,7 +207,7 @@ class Module:
 
     def parameters(self) -> list:
         """Every ``Parameter``, in the order of ``named_parameters``."""
-        return [p for m in self.modules() for p in m._parameters.values()]
+        return parameters_of(self.modules())
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return int(sum(p.data.size for p in self.parameters()

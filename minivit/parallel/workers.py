@@ -8,7 +8,7 @@ buffer of its own, which the parent adds into the model's ``.grad``: the
 model's gradients are views of one flat array too, so that sum is one
 addition per worker, not one per parameter. Each worker's slice of the
 images is written into a shared buffer of its own (through a pipe it would
-be copied twice and wake the worker once per 64 KB, while it waits to
+be copied twice and wake the worker once per pipe buffer, while it waits to
 start); the labels, the logits and the loss travel through pipes.
 ``replica_step`` is the work of one replica, in a worker or in the parent.
 """
@@ -23,7 +23,7 @@ import weakref
 import numpy
 
 from minivit import backend, kernels
-from minivit.module import set_grad_enabled
+from minivit.module import parameters_of, set_grad_enabled
 from minivit.parallel import threads
 
 __all__ = ["SharedArrays", "Workers", "replica_step"]
@@ -75,11 +75,8 @@ def _in_shared_block(array) -> bool:
 
 def _walk(model):
     """(modules, parameters) of ``model``, in the order every process uses."""
-    return model.modules(), model.parameters()
-
-
-def _parameters_of(modules):
-    return [p for m in modules for p in m._parameters.values()]
+    modules = model.modules()
+    return modules, parameters_of(modules)
 
 
 def _signature(modules, params):
@@ -137,7 +134,7 @@ class Workers:
         """Still the model (``modules``: its ``modules()``) the workers copied;
         parameters replaced by arrays of the same shape and dtype are copied
         into the shared memory (and point to it)."""
-        params = _parameters_of(modules)
+        params = parameters_of(modules)
         if self.broken or _signature(modules, params) != self.signature:
             return False
         replaced = [(p, shared) for p, shared in zip(params, self.params.arrays)
