@@ -76,7 +76,7 @@ def worker(args) -> dict | None:
         optimizer.zero_grad()
         logits = model.forward(xb)
         _, dlogits = cross_entropy(logits, yb)
-        model.backward(dlogits)
+        model.backward(dlogits, input_grad=False)
         if buckets is not None:
             buckets.allreduce_((hi - lo) / batch)
         clip_grad_norm_(params, 1.0)

@@ -72,7 +72,7 @@ def main(argv=None):
     def train_step():
         zero_grad()
         _, dlogits = loss_fn(model.forward(x), y)
-        model.backward(dlogits)
+        model.backward(dlogits, input_grad=False)   # as in training: no image gradient
         opt_step()
         backend.synchronize()
 

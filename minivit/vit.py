@@ -152,7 +152,10 @@ class ViT(Module):
         self._keep(z.shape)
         return self.head.forward(pooled)                               # (B, K)
 
-    def backward(self, dlogits):
+    def backward(self, dlogits, input_grad=True):
+        """dlogits (B, K) -> the images' gradient (B, C, H, W), filling every
+        parameter's ``.grad``; with ``input_grad=False`` (a training step) the
+        images' gradient is not computed and None is returned."""
         xp = backend.xp
         z_shape = self._saved()
         dpooled = self.head.backward(dlogits)                          # (B, D) or (B, R)
@@ -173,7 +176,7 @@ class ViT(Module):
         if self.pos_embed.requires_grad:
             self.pos_embed.grad += dz.sum(axis=0, keepdims=True)       # broadcast over B
         self.cls_token.grad += dz[:, :1].sum(axis=0, keepdims=True)    # broadcast over B
-        return self.patch_embed.backward(dz[:, 1:])                    # (B, C, H, W)
+        return self.patch_embed.backward(dz[:, 1:], input_grad=input_grad)  # (B, C, H, W)
 
     def _prepare_input(self, x):
         if not backend.is_array(x):

@@ -253,3 +253,55 @@ def test_modules_and_parameters_walk_as_the_named_walks_do():
     assert modules == [m for _, m in model.named_modules()]
     assert params == [p for _, p in model.named_parameters()]
     assert len(params) == len(model.state_dict()) and modules[0] is model
+
+
+@pytest.mark.parametrize("stride", [None, 2])
+@pytest.mark.parametrize("pool", ["cls", "avg"])
+def test_backward_without_the_images_gradient(f64, pool, stride):
+    """``backward(dlogits, input_grad=False)`` (a training step) computes no
+    image gradient and returns None; every parameter's gradient is the one a
+    full backward gives, bit for bit."""
+    from helpers import randomize_parameters
+    model = ViT(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2,
+                heads=2, mlp_dim=16, pool=pool, stride=stride, seed=3)
+    randomize_parameters(model, scale=0.4)
+    x, dlogits = randn(3, 2, 8, 8, seed=1), randn(3, 3, seed=2)
+    model.forward(x)
+    dx = model.backward(dlogits)
+    full = {name: p.grad.copy() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    model.forward(x)
+    assert dx.shape == x.shape
+    assert model.backward(dlogits, input_grad=False) is None
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert backend.to_numpy(p.grad).tobytes() == backend.to_numpy(full[name]).tobytes(), name
+
+
+def test_training_steps_skip_the_images_gradient_only_where_backward_can(f64, monkeypatch):
+    """``backward_for_parameters`` (the replicas' step) tells a ViT to skip the
+    images' gradient (its col2im never runs) and runs any other model's
+    ``backward(dout)`` as it is."""
+    from minivit.layers import PatchEmbed
+    from minivit.loss import cross_entropy
+    from minivit.module import backward_for_parameters
+    from minivit.parallel.workers import replica_step
+
+    def refuse(*args):
+        raise AssertionError("the images' gradient was computed")
+    model = ViT(image_size=8, patch_size=4, in_channels=1, num_classes=3, dim=8, depth=1,
+                heads=2, mlp_dim=16, seed=0)
+    monkeypatch.setattr(PatchEmbed, "col2im", refuse)
+    x, y = randn(2, 1, 8, 8, seed=4), np.array([0, 2])
+    loss, logits = replica_step(model, backend.to_device(x), backend.to_device(y),
+                                cross_entropy, 1.0)
+    assert logits.shape == (2, 3) and float(loss) > 0
+    assert float(abs(model.head.weight.grad).sum()) > 0
+
+    layer = Linear(4, 3)
+    layer.forward(randn(5, 4, seed=5))
+    dout = randn(5, 3, seed=6)
+    dx = backward_for_parameters(layer, dout)
+    assert dx.shape == (5, 4)
+    assert np.allclose(backend.to_numpy(dx),
+                       backend.to_numpy(dout) @ backend.to_numpy(layer.weight.data))

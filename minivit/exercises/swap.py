@@ -47,7 +47,7 @@ def _params_pair(learner, params_of, consts_of, names):
             _keep(m, cache)
             return _device(y, x)
 
-        def backward(dout):
+        def backward(dout, input_grad=True):      # the learner's code computes dx always
             params = params_of(m)
             grads = {n: numpy.zeros(p.shape, dtype=_host(p).dtype)
                      for n, p in zip(names, params)}
@@ -171,7 +171,7 @@ def _vit(learner):
             _keep(m, cache)
             return y
 
-        def backward(dlogits):
+        def backward(dlogits, input_grad=True):   # the learner's code computes dx always
             return learner.backward(dlogits, m._saved())
         return forward, backward
     return make

@@ -8,6 +8,10 @@ Forward                                     Backward (given dy = dL/dtokens)
                                               db += sum_{B,N} dy
                                               dx = col2im(dcols)           (B, C, H, W)
 
+The images' gradient (the last two lines) is computed only if asked for: a
+training step needs the parameters' gradients alone, as PyTorch skips it for
+images that do not require grad.
+
 im2col copies each patch into a row, flattened in (C, py, px) order, so the
 weight (D, C, P, P) reshaped to (D, C*P*P) is exactly a PyTorch Conv2d weight.
 col2im is its adjoint: it sends each row back to the pixels it was copied
@@ -113,7 +117,8 @@ class PatchEmbed(Module):
             tokens += self.proj.bias.data
         return tokens.reshape(B, N, self.dim)                       # (B, N, D)
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
+        """dout (B, N, D) -> dx (B, C, H, W), or None if not ``input_grad``."""
         cols, x_shape = self._saved()
         w_flat = self.proj.weight.data.reshape(self.dim, -1)
         dout_rows = dout.reshape(-1, self.dim)                      # (B*N, D)
@@ -123,6 +128,8 @@ class PatchEmbed(Module):
             self.proj.bias.grad += kernels.reductions.sum_rows(dout_rows)
         else:
             self.proj.bias.grad += dout_rows.sum(axis=0)            # db += sum_{B,N} dy
+        if not input_grad:                                          # the images need none
+            return None
         dcols = (dout_rows @ w_flat).reshape(cols.shape)            # (B, N, C*P*P)
         return self.col2im(dcols, x_shape)                          # (B, C, H, W)
 

@@ -23,7 +23,7 @@ import weakref
 import numpy
 
 from minivit import backend, kernels
-from minivit.module import parameters_of, set_grad_enabled
+from minivit.module import backward_for_parameters, parameters_of, set_grad_enabled
 from minivit.parallel import threads
 
 __all__ = ["SharedArrays", "Workers", "replica_step"]
@@ -36,7 +36,8 @@ def replica_step(replica, x, y, loss_fn, weight):
     if loss_fn is None:
         return None, logits
     loss, dlogits = loss_fn(logits, y)
-    replica.backward(dlogits * weight if weight != 1.0 else dlogits)   # g_r scaled by n_r / B
+    backward_for_parameters(replica,                            # g_r scaled by n_r / B
+                            dlogits * weight if weight != 1.0 else dlogits)
     return float(loss) * weight, logits
 
 

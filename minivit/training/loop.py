@@ -7,7 +7,7 @@ One training step, in the order :meth:`Trainer.train_epoch` runs it::
     zero_grad()
     logits = model.forward(xb[lo:hi])   # model.train(): dropout active
     loss, dlogits = cross_entropy(logits, yb[lo:hi], label_smoothing)
-    model.backward(dlogits)
+    model.backward(dlogits, input_grad=False)   # parameters only: no image gradient
     loss = ranks.combine(loss, ...)     # the whole batch's gradient and loss
     clip_grad_norm_(params, clip)       # optional
     optimizer.step()
