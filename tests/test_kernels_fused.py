@@ -322,6 +322,10 @@ def test_warp_is_the_reference_bit_for_bit(dtype, channels, monkeypatch):
             want = warp_affine(source, shifts, angles, -0.42)
         np.testing.assert_array_equal(got, want)
     assert calls == []
+    import fake_device                         # the data stay on the host on a GPU too
+    with fake_device.installed(), kernels.using("fused"):
+        np.testing.assert_array_equal(warp_affine(x, shifts, angles, fills[-1]), out["numpy"])
+    assert calls == [x.shape]
 
 
 # -- cross-entropy --------------------------------------------------------------

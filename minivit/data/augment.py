@@ -50,8 +50,9 @@ def warp_affine(images: np.ndarray, shifts, angles_deg=0.0, fill=0.0) -> np.ndar
                          f"angles {np.rad2deg(theta[~np.isfinite(theta)][:3]).tolist()}")
     cos = np.cos(theta).astype(np.float32)[:, None, None]  # (B, 1, 1): broadcast over the grid
     sin = np.sin(theta).astype(np.float32)[:, None, None]
-    if fused_for(images) and images.flags.c_contiguous:
+    if fused_for(images, host_data=True) and images.flags.c_contiguous:
         # the same arithmetic, one compiled loop per image: minivit/kernels/fused/warp.py
+        # (the images are on the host whatever the backend: the GPU's batches too)
         from minivit.kernels.fused import warp
         fill_c = np.broadcast_to(np.asarray(fill, dtype=images.dtype).reshape(-1), (C,))
         return warp.warp(images, np.ascontiguousarray(shifts), cos.reshape(B),

@@ -75,11 +75,14 @@ def using(new_mode: str):
         use(previous)
 
 
-def fused_for(*arrays) -> bool:
+def fused_for(*arrays, host_data=False) -> bool:
     """True when the fused kernels should run on ``arrays``: the mode allows
-    them, numba is usable, and every array is a NumPy float32 or float64
-    array of one dtype. Anything else runs the NumPy kernels."""
-    if _mode not in ("fast", "fused") or backend.name != "numpy" or not fused.available():
+    them, numba is usable, the backend is NumPy, and every array is a NumPy
+    float32 or float64 array of one dtype. Anything else runs the NumPy
+    kernels. ``host_data=True``: a kernel for the data on the host (the
+    augmentation's warp), which runs there whatever the backend."""
+    if _mode not in ("fast", "fused") or not fused.available() \
+            or (backend.name != "numpy" and not host_data):
         return False
     dtype = arrays[0].dtype
     # host arrays only: numba compiles for NumPy's arrays (a device array of
