@@ -7,7 +7,7 @@ then the NumPy kernel's single product dx = dy * dy/dx.
 
 * tanh form: 0.5 (1 + tanh u) = s = 1 / (1 + exp(-2u)) (exact algebra, as in
   ``minivit/kernels/gelu.py``): y = x s and dy/dx = s + x s (1 - s) 2 du/dx
-  = (1 + (x - y) 2 du/dx) / (1 + exp(-2u)), one exp and one division.
+  = (1 + (x - y) 2 du/dx) s, one exp and one division (s = 1 / (1 + exp(-2u))).
 * exact form: Phi = 0.5 (1 + erf(x / sqrt 2)) and dy/dx = Phi + x phi(x).
 
 exp and erf are ``minivit/kernels/fused/exp.py``'s: SIMD code for float32,
@@ -70,9 +70,13 @@ def _tanh_y_serial(x, y):
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=_CONTRACT)
 def _tanh_yd_serial(x, y, dydx):
     for i in range(x.shape[0]):
-        out, e, k = _tanh(x[i])
+        v = x[i]
+        t = type(v)
+        _, e, k = _tanh(v)
+        s = t(1.0) / e                                       # one division for both
+        out = v * s                                          # y = x s
         y[i] = out
-        dydx[i] = (type(out)(1.0) + (x[i] - out) * k) / e   # (1 + (x - y) 2 du/dx) s
+        dydx[i] = (t(1.0) + (v - out) * k) * s               # (1 + (x - y) 2 du/dx) s
 
 
 
