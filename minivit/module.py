@@ -20,7 +20,6 @@ backward reads (GELU's derivative, LayerNorm's separate normalised copy).
 from __future__ import annotations
 
 import functools
-import inspect
 import threading
 from collections import OrderedDict
 
@@ -87,23 +86,6 @@ def parameters_of(modules) -> list:
     """The parameters of ``modules`` (a ``Module.modules()`` list), in order:
     ``Module.parameters`` without walking the modules again."""
     return [p for m in modules for p in m._parameters.values()]
-
-
-def backward_for_parameters(model, dout):
-    """``model.backward(dout)`` in a training step, which needs the
-    parameters' gradients alone: a model whose ``backward`` takes
-    ``input_grad`` (``ViT``) is told not to compute its input's gradient, as
-    PyTorch skips it for inputs that do not require grad. Other models run
-    their ``backward(dout)`` as it is."""
-    backward = model.backward
-    if _takes_input_grad(getattr(backward, "__func__", backward)):
-        return backward(dout, input_grad=False)
-    return backward(dout)
-
-
-@functools.lru_cache(maxsize=64)
-def _takes_input_grad(function) -> bool:
-    return "input_grad" in inspect.signature(function).parameters
 
 
 class Parameter:

@@ -284,8 +284,7 @@ def test_training_steps_skip_the_images_gradient_only_where_backward_can(f64, mo
     ``backward(dout)`` as it is."""
     from minivit.layers import PatchEmbed
     from minivit.loss import cross_entropy
-    from minivit.module import backward_for_parameters
-    from minivit.parallel.workers import replica_step
+    from minivit.parallel.workers import backward_for_parameters, replica_step
 
     def refuse(*args):
         raise AssertionError("the images' gradient was computed")

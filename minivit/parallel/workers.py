@@ -15,6 +15,8 @@ start); the labels, the logits and the loss travel through pipes.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import mmap
 import multiprocessing
 import signal
@@ -23,10 +25,27 @@ import weakref
 import numpy
 
 from minivit import backend, kernels
-from minivit.module import backward_for_parameters, parameters_of, set_grad_enabled
+from minivit.module import parameters_of, set_grad_enabled
 from minivit.parallel import threads
 
-__all__ = ["SharedArrays", "Workers", "replica_step"]
+__all__ = ["SharedArrays", "Workers", "backward_for_parameters", "replica_step"]
+
+
+def backward_for_parameters(model, dout):
+    """``model.backward(dout)`` in a training step, which needs the
+    parameters' gradients alone: a model whose ``backward`` takes
+    ``input_grad`` (``ViT``) is told not to compute its input's gradient, as
+    PyTorch skips it for inputs that do not require grad. Other models run
+    their ``backward(dout)`` as it is."""
+    backward = model.backward
+    if _takes_input_grad(getattr(backward, "__func__", backward)):
+        return backward(dout, input_grad=False)
+    return backward(dout)
+
+
+@functools.lru_cache(maxsize=64)
+def _takes_input_grad(function) -> bool:
+    return "input_grad" in inspect.signature(function).parameters
 
 
 def replica_step(replica, x, y, loss_fn, weight):

@@ -43,13 +43,13 @@ _CONTRACT = {"contract"}
 # from being vectorised), so there is one loop per form and per output set.
 @njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _tanh(v):
-    """(y, 1 + exp(-2u), 2 du/dx) at v."""
+    """(y, s, 2 du/dx) at v."""
     t = type(v)
     v2 = v * v
     two_u = v * (t(2.0 * SQRT_2_OVER_PI) + t(2.0 * SQRT_2_OVER_PI * COEFF) * v2)
-    e = exp(-two_u) + t(1.0)                                 # 1 / s
+    s = t(1.0) / (exp(-two_u) + t(1.0))                      # one division, for y and dy/dx
     k = t(2.0 * SQRT_2_OVER_PI) + t(6.0 * SQRT_2_OVER_PI * COEFF) * v2     # 2 du/dx
-    return v / e, e, k                                       # y = x s
+    return v * s, s, k                                       # y = x s
 
 
 @njit(cache=True, error_model="numpy", nogil=True, inline="always")
@@ -70,13 +70,9 @@ def _tanh_y_serial(x, y):
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=_CONTRACT)
 def _tanh_yd_serial(x, y, dydx):
     for i in range(x.shape[0]):
-        v = x[i]
-        t = type(v)
-        _, e, k = _tanh(v)
-        s = t(1.0) / e                                       # one division for both
-        out = v * s                                          # y = x s
+        out, s, k = _tanh(x[i])
         y[i] = out
-        dydx[i] = (t(1.0) + (v - out) * k) * s               # (1 + (x - y) 2 du/dx) s
+        dydx[i] = (type(out)(1.0) + (x[i] - out) * k) * s   # (1 + (x - y) 2 du/dx) s
 
 
 
