@@ -85,7 +85,12 @@ def fused_for(*arrays, host_data=False) -> bool:
             or (backend.name != "numpy" and not host_data):
         return False
     dtype = arrays[0].dtype
+    if dtype.type not in _FUSED_TYPES:
+        return False
     # host arrays only: numba compiles for NumPy's arrays (a device array of
-    # another library, or an ndarray subclass, takes the NumPy kernels)
-    return dtype.type in _FUSED_TYPES and all(
-        type(a) is numpy.ndarray and a.dtype == dtype for a in arrays)
+    # another library, or an ndarray subclass, takes the NumPy kernels); a
+    # plain loop, as this runs before every fused call
+    for a in arrays:
+        if type(a) is not numpy.ndarray or a.dtype != dtype:
+            return False
+    return True
