@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy
 from numba import njit
 
+from minivit.parallel.threads import parallel_shares
+
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _warp(images, shifts, cos, sin, fill, out):
@@ -64,5 +66,7 @@ def warp(images, shifts, cos, sin, fill):
     or float64; shifts (B, 2), cos and sin (B,) float32, C-contiguous; fill
     (C,) of the images' dtype. Returns the warped batch, a new array."""
     out = numpy.empty_like(images)
-    _warp(images, shifts, cos, sin, fill, out)
+    # images are independent: a share of them on each core (the step waits)
+    parallel_shares(lambda lo, hi: _warp(images[lo:hi], shifts[lo:hi], cos[lo:hi],
+                                         sin[lo:hi], fill, out[lo:hi]), len(images))
     return out
