@@ -304,3 +304,25 @@ def test_training_steps_skip_the_images_gradient_only_where_backward_can(f64, mo
     assert dx.shape == (5, 4)
     assert np.allclose(backend.to_numpy(dx),
                        backend.to_numpy(dout) @ backend.to_numpy(layer.weight.data))
+
+
+def test_the_input_grad_check_keeps_no_backward_alive():
+    """The cache of which backwards take ``input_grad`` holds its functions
+    weakly: a model's swapped-in backward (a closure over the model, as the
+    exercises swap in) is freed with it."""
+    import gc
+    import weakref
+
+    from minivit.parallel.workers import backward_for_parameters
+
+    def swapped(model):
+        def backward(dout, input_grad=True):
+            return model                               # a closure over the model, as swap's
+        return backward
+    model = Linear(2, 2)
+    model.backward = swapped(model)
+    assert backward_for_parameters(model, None) is model
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None

@@ -15,7 +15,6 @@ start); the labels, the logits and the loss travel through pipes.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import mmap
 import multiprocessing
@@ -43,9 +42,17 @@ def backward_for_parameters(model, dout):
     return backward(dout)
 
 
-@functools.lru_cache(maxsize=64)
+# function -> whether it takes input_grad; weak, so that a swapped-in closure
+# (and the model it refers to) is not kept alive by the cache
+_TAKES_INPUT_GRAD = weakref.WeakKeyDictionary()
+
+
 def _takes_input_grad(function) -> bool:
-    return "input_grad" in inspect.signature(function).parameters
+    known = _TAKES_INPUT_GRAD.get(function)
+    if known is None:
+        known = "input_grad" in inspect.signature(function).parameters
+        _TAKES_INPUT_GRAD[function] = known
+    return known
 
 
 def replica_step(replica, x, y, loss_fn, weight):
