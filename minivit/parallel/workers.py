@@ -48,7 +48,10 @@ _TAKES_INPUT_GRAD = weakref.WeakKeyDictionary()
 
 
 def _takes_input_grad(function) -> bool:
-    known = _TAKES_INPUT_GRAD.get(function)
+    try:
+        known = _TAKES_INPUT_GRAD.get(function)
+    except TypeError:                           # no weak reference to it: not cached
+        return "input_grad" in inspect.signature(function).parameters
     if known is None:
         known = "input_grad" in inspect.signature(function).parameters
         _TAKES_INPUT_GRAD[function] = known
