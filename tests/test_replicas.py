@@ -305,7 +305,7 @@ def test_replicating_leaves_the_model_caches_and_copies_none():
         model.forward(x)                                       # caches present
         before = {name: m.cache for name, m in model.named_modules()}
         replicas = Replicas(model, threads=2, processes=False)
-        replicas._replicas_for(2)
+        replicas._replicas_for(2, model.modules())
         copy = replicas._replicas[1]
         assert all(m.cache is None for _, m in copy.named_modules())
         assert all(m.cache is before[name] for name, m in model.named_modules())

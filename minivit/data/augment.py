@@ -1,9 +1,10 @@
 """Data augmentation: random shifts and small rotations, one vectorised pass.
 
 Host NumPy, applied to each training batch before it moves to the device
-(``iterate_batches(..., augment=...)``), on one core while the training step
-waits. With the fused kernels the warp is one compiled loop over each image's
-pixels, the same arithmetic (``minivit/kernels/fused/warp.py``).
+(``iterate_batches(..., augment=...)``), while the training step waits. With
+the fused kernels the warp is one compiled loop over each image's pixels, the
+images shared out over the cores, the same arithmetic
+(``minivit/kernels/fused/warp.py``).
 """
 
 from __future__ import annotations

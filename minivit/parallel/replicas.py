@@ -41,9 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from minivit import backend
-from minivit.module import is_grad_enabled, set_grad_enabled
+from minivit.module import is_grad_enabled, parameters_of, set_grad_enabled
 from minivit.parallel.threads import blas_threads, num_threads, serial
-from minivit.parallel.workers import Workers, replica_step
+from minivit.parallel.workers import Workers, add_into, replica_step
 
 __all__ = ["Replicas"]
 
@@ -157,9 +157,9 @@ class Replicas:
                     first = run_one(self.model, 0)
                 finally:
                     others = workers.collect()          # re-raises a worker's error
-                return [first] + others, partial(workers.add_grads, self.model.parameters(),
+                return [first] + others, partial(workers.add_grads, parameters_of(modules),
                                                  len(others))
-            replicas = self._replicas_for(len(parts))
+            replicas = self._replicas_for(len(parts), modules)
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.threads - 1,
                                                 thread_name_prefix="minivit-replica")
@@ -168,7 +168,8 @@ class Replicas:
                 first = run_one(self.model, 0)
             finally:
                 others = [f.result() for f in futures]      # re-raises a replica's error
-        return [first] + others, partial(_add_grads, self.model.parameters(), replicas[1:])
+        return [first] + others, partial(add_into, parameters_of(modules),
+                                         [[p.grad for p in r.parameters()] for r in replicas[1:]])
 
     def _workers_for(self, k: int, loss_fn, modules, images):
         """Worker processes for replicas 1..k-1, or None to use threads.
@@ -189,25 +190,18 @@ class Replicas:
                 return None
         return self._workers
 
-    def _replicas_for(self, k: int) -> list:
-        """k replicas, made alike: the same weights (shared arrays), modes."""
+    def _replicas_for(self, k: int, modules) -> list:
+        """k replicas, made alike: the same weights (shared arrays), modes.
+        ``modules``: the model's."""
         while len(self._replicas) < k:
             self._replicas.append(_replicate(self.model))
-        modules, params = self.model.modules(), self.model.parameters()
+        params = parameters_of(modules)
         for replica in self._replicas[1:k]:
             for mine, theirs in zip(modules, replica.modules()):
                 theirs.training = mine.training
             for mine, theirs in zip(params, replica.parameters()):
                 theirs.data = mine.data                     # shared, never copied
         return self._replicas[:k]
-
-
-def _add_grads(params, replicas):
-    """Add the thread replicas' gradients into ``params`` (the model's)."""
-    for replica in replicas:
-        for mine, theirs in zip(params, replica.parameters()):
-            if mine.grad is not None:
-                mine.grad += theirs.grad
 
 
 def _pickles(loss_fn) -> bool:

@@ -27,7 +27,7 @@ from minivit import backend, kernels
 from minivit.module import parameters_of, set_grad_enabled
 from minivit.parallel import threads
 
-__all__ = ["SharedArrays", "Workers", "backward_for_parameters", "replica_step"]
+__all__ = ["SharedArrays", "Workers", "add_into", "backward_for_parameters", "replica_step"]
 
 
 def backward_for_parameters(model, dout):
@@ -56,6 +56,15 @@ def _takes_input_grad(function) -> bool:
         known = "input_grad" in inspect.signature(function).parameters
         _TAKES_INPUT_GRAD[function] = known
     return known
+
+
+def add_into(params, grad_lists):
+    """Add each list of gradients (in ``params``' order) into ``params``' ``.grad``:
+    g = sum_r (n_r / B) g_r, the replicas' parts already scaled."""
+    for grads in grad_lists:
+        for p, grad in zip(params, grads):
+            if p.grad is not None:
+                p.grad += grad
 
 
 def replica_step(replica, x, y, loss_fn, weight):
@@ -219,10 +228,7 @@ class Workers:
         mine = self.own_grads.flat()
         if mine is None or not all(p.grad is flat for p, flat in
                                    zip(params, self.own_grads.arrays) if p.requires_grad):
-            for theirs in self.grads[:count]:
-                for p, grad in zip(params, theirs):
-                    if p.grad is not None:
-                        p.grad += grad
+            add_into(params, self.grads[:count])
             return
         for theirs in self._grads[:count]:       # padding and fixed parameters: zeros
             mine += theirs.flat()
