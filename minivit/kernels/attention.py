@@ -8,6 +8,10 @@ core; the output of a' @ v is written straight into (B, Q, H, hd) order, so
 that merging the heads is a free reshape, and dq, dk, dv straight into the
 (B, T, 3, H, hd) layout that the forward split. Shapes per block: q, dq
 (b, H, Q, hd); k, v, dk, dv (b, H, T, hd); attn, dattn (b, H, Q, T).
+
+With the fused kernels on, short sequences (``use_lanes``) run instead in
+``minivit/kernels/fused/attention.py``, which computes W images at once in
+SIMD lanes rather than one BLAS call per image and head.
 """
 
 from __future__ import annotations
@@ -84,10 +88,30 @@ def scores_backward_kernel(dattn, attn, q, k, dq, dk, scale):
     xp.matmul(dscores.transpose(0, 1, 3, 2), q, out=dk)
 
 
+# The lane kernels (minivit/kernels/fused/attention.py) run blocks of W
+# images. With fewer images than one block, or more tokens than this (where
+# BLAS runs each per-head product well: docs/performance.md), the per-head
+# products stay with BLAS.
+LANE_MAX_TOKENS = 32
+
+
+def use_lanes(q, k) -> bool:
+    """True where the fused lane kernels run this attention: fused kernels
+    on, at least one full block of images, and at most ``LANE_MAX_TOKENS``
+    tokens."""
+    from minivit.kernels.fused.simd import W
+    return q.shape[0] >= W and k.shape[2] <= LANE_MAX_TOKENS and fused_for(q, k)
+
+
 def forward(q, k, v, scale, dropout):
     """Replaces the reference lines s = q k^T * scale, a = softmax(s),
-    a' = dropout(a), o = a' v: (a, a', o). o (B, H, Q, hd) is a view of a
-    (B, Q, H, hd) array, so that merging the heads is a free reshape."""
+    a' = dropout(a), o = a' v: (a, o, kept), kept what ``backward`` needs.
+    o (B, H, Q, hd) is a view of a (B, Q, H, hd) array, so that merging the
+    heads is a free reshape."""
+    if use_lanes(q, k):
+        from minivit.kernels.fused import attention as lanes
+        attn, o, kept = lanes.forward(q, k, v, scale, dropout)
+        return attn, o, (lanes.backward, kept)
     xp = backend.xp
     B, H, Q, hd = q.shape
     T = k.shape[2]
@@ -97,11 +121,18 @@ def forward(q, k, v, scale, dropout):
     merged = xp.empty((B, Q, H, hd), dtype=q.dtype)
     o = merged.transpose(0, 2, 1, 3)                             # a view, (B, H, Q, hd)
     parallel_rows(weighted_values_kernel, attn_dropped, v, o)
-    return attn, attn_dropped, o
+    return attn, o, (_backward, (q, k, v, attn, attn_dropped))
 
 
-def backward(dout_heads, q, k, v, attn, attn_dropped, scale, dropout_backward):
-    """Replaces the reference backward lines from do to dqkv: dqkv (B, T, 3D)."""
+def backward(dout_heads, kept, scale, dropout_backward):
+    """Replaces the reference backward lines from do (B, H, Q, hd) to dqkv
+    (B, T, 3D), given what ``forward`` kept."""
+    backward_of_forward, arrays = kept
+    return backward_of_forward(dout_heads, arrays, scale, dropout_backward)
+
+
+def _backward(dout_heads, kept, scale, dropout_backward):
+    q, k, v, attn, attn_dropped = kept
     xp = backend.xp
     B, H, T, hd = k.shape
     Q = q.shape[2]

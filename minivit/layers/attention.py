@@ -90,30 +90,33 @@ class MultiHeadSelfAttention(Module):
         # (B, T, 3, H, hd) -> (3, B, H, T, hd): q, k, v are views, each (B, H, T, hd)
         q, k, v = qkv.reshape(B, T, 3, H, hd).transpose(2, 0, 3, 1, 4)
         q = q[:, :, :Q]                                              # (B, H, Q, hd)
-        if kernels.enabled():        # the same function, faster: minivit/kernels/attention.py
-            a, a_dropped, o = kernels.attention.forward(q, k, v, self.scale,
-                                                        self.attn_drop.forward)
+        fast = kernels.enabled()     # the same function, faster: minivit/kernels/attention.py
+        if fast:
+            a, o, kept = kernels.attention.forward(q, k, v, self.scale,
+                                                   self.attn_drop.forward)
         else:
             s = (q @ k.transpose(0, 1, 3, 2)) * self.scale           # (B, H, Q, T)
             a = softmax(s)                                           # (B, H, Q, T)
             a_dropped = self.attn_drop.forward(a)                    # a' = dropout(a)
             o = a_dropped @ v                                        # (B, H, Q, hd)
+            kept = (q, k, v, a, a_dropped)
         self.attn_probs = a
-        self._keep(q, k, v, a, a_dropped)
+        self._keep(fast, kept)                                       # backward takes the same path
         merged = o.transpose(0, 2, 1, 3).reshape(B, Q, D)            # merge_heads(o)
         return self.proj_drop.forward(self.proj.forward(merged))     # (B, Q, D)
 
     def backward(self, dout):
         xp = backend.xp
-        q, k, v, a, a_dropped = self._saved()
-        B, H, T, hd = k.shape
-        Q = q.shape[2]
+        fast, kept = self._saved()
+        B, Q, _ = dout.shape
+        H, hd = self.heads, self.head_dim
         dmerged = self.proj.backward(self.proj_drop.backward(dout))  # (B, Q, D)
         do = dmerged.reshape(B, Q, H, hd).transpose(0, 2, 1, 3)      # split_heads: (B, H, Q, hd)
-        if kernels.enabled():        # the same function, faster: minivit/kernels/attention.py
-            dqkv = kernels.attention.backward(do, q, k, v, a, a_dropped, self.scale,
-                                              self.attn_drop.backward)
+        if fast:                     # the forward ran minivit/kernels/attention.py
+            dqkv = kernels.attention.backward(do, kept, self.scale, self.attn_drop.backward)
             return self.qkv.backward(dqkv)
+        q, k, v, a, a_dropped = kept
+        T = k.shape[2]
         da_dropped = do @ v.transpose(0, 1, 3, 2)                    # (B, H, Q, T)
         dv = a_dropped.transpose(0, 1, 3, 2) @ do                    # (B, H, T, hd)
         da = self.attn_drop.backward(da_dropped)                     # (B, H, Q, T)

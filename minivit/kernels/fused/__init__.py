@@ -18,6 +18,9 @@ file            what it holds
 layernorm.py    LayerNorm forward and backward, one pass per row
 gelu.py         GELU (tanh and exact) with dy/dx, one pass per element
 softmax.py      the attention softmax with its scale, and its backward
+attention.py    attention's per-head work for W images at once (short sequences)
+lanes.py        W images in SIMD lanes: copies into and out of it, products
+simd.py         W-lane values (and an 8 x 8 transpose) for those kernels
 dropout.py      the dropout mask and product in one pass
 bias.py         a Linear layer's bias added to its product's rows
 warp.py         the augmentation's rotate-and-shift, bilinear, per image
