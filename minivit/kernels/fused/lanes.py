@@ -20,7 +20,7 @@ from minivit.kernels.fused.simd import W, add, fma, load, mul, splat, store, tra
 _KW = dict(cache=True, error_model="numpy", nogil=True)
 
 
-@njit(inline="always", **_KW)
+@njit(**_KW)
 def product(X, xo, xr, xm, Y, yo, ym, yc, O, oo, o_r, oc, R, M, C, scale):
     """O[r, c] = scale * sum_m X[r, m] Y[m, c] for r < R, c < C, each entry a
     run of W lanes: X[r, m] at X[xo + r xr + m xm], Y[m, c] at
@@ -88,7 +88,7 @@ def product(X, xo, xr, xm, Y, yo, ym, yc, O, oo, o_r, oc, R, M, C, scale):
             store(O, oo + r * o_r + c * oc, mul(add(s0, s1), sc))
 
 
-@njit(inline="always", **_KW)
+@njit(**_KW)
 def to_lanes(x, xl, n):
     """Block n of x (B, H, R, hd), any strides, into the first R rows of xl
     (nb, H, >= R, hd W), C-contiguous; lanes past the batch's end are zero."""
@@ -115,7 +115,7 @@ def to_lanes(x, xl, n):
                     xl[n, h, r, d * W + lane] = 0
 
 
-@njit(inline="always", **_KW)
+@njit(**_KW)
 def from_lanes(al, x, n):
     """Block n of the first R rows of al (nb, H, >= R, C W), C-contiguous, out
     to x (B, H, R, C), any strides; real images only."""
