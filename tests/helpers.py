@@ -4,6 +4,7 @@ import numpy as np
 
 from minivit import backend
 from minivit.kernels import fused
+from minivit.module import Module
 
 # The kernel modes the mode-parametrised tests run: the default ("fast") and
 # the reference; where numba is installed "fast" runs the fused kernels, so
@@ -47,3 +48,17 @@ def halves_dataset(n, seed):
     x[y == 0, :, :, :4] += 1.0
     x[y == 1, :, :, 4:] += 1.0
     return x.astype(np.float32), y.astype(np.int64)
+
+
+class FirstTokens(Module):
+    """A layer run with ``num_queries``: y (B, Q, D) from x (B, T, D)."""
+
+    def __init__(self, layer, num_queries):
+        super().__init__()
+        self.layer, self.num_queries = layer, num_queries
+
+    def forward(self, x):
+        return self.layer.forward(x, num_queries=self.num_queries)
+
+    def backward(self, dout):
+        return self.layer.backward(dout)

@@ -9,13 +9,12 @@ where present, CuPy; and every check twice, once on the fast kernels
 
 import numpy as np
 import pytest
-from helpers import KERNEL_MODES, randn, randomize_parameters
+from helpers import KERNEL_MODES, FirstTokens, randn, randomize_parameters
 
 from minivit import backend, kernels
 from minivit.gradcheck import assert_gradients_ok, check_module
 from minivit.layers import (GELU, MLP, Block, Dropout, LayerNorm, Linear,
                             MultiHeadSelfAttention, PatchEmbed, Tanh)
-from minivit.module import Module
 from minivit.vit import ViT
 
 TOL = 1e-6
@@ -115,20 +114,6 @@ def test_attention(f64, heads):
     layer = MultiHeadSelfAttention(dim=12, heads=heads)
     randomize_parameters(layer, scale=0.4)
     _check_both_modes(layer, randn(2, 5, 12, seed=9))
-
-
-class FirstTokens(Module):
-    """A layer run with ``num_queries``: y (B, Q, D) from x (B, T, D)."""
-
-    def __init__(self, layer, num_queries):
-        super().__init__()
-        self.layer, self.num_queries = layer, num_queries
-
-    def forward(self, x):
-        return self.layer.forward(x, num_queries=self.num_queries)
-
-    def backward(self, dout):
-        return self.layer.backward(dout)
 
 
 @pytest.mark.parametrize("num_queries", [1, 3])

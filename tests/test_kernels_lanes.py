@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("numba")
 
-from helpers import randn, randomize_parameters  # noqa: E402
+from helpers import FirstTokens, randn, randomize_parameters  # noqa: E402
 
 from minivit import backend, kernels  # noqa: E402
 from minivit.gradcheck import assert_gradients_ok, check_module  # noqa: E402
@@ -20,7 +20,6 @@ from minivit.kernels.fused import attention as lane_attention  # noqa: E402
 from minivit.kernels.fused import lanes, simd  # noqa: E402
 from minivit.layers import MultiHeadSelfAttention  # noqa: E402
 from minivit.layers.attention import softmax  # noqa: E402
-from minivit.module import Module  # noqa: E402
 from minivit.vit import ViT  # noqa: E402
 
 DTYPES = ["float32", "float64"]
@@ -190,7 +189,7 @@ def lane_calls(monkeypatch):
 def test_finite_differences_through_the_lanes(f64, num_queries, dropout, lane_calls):
     layer = MultiHeadSelfAttention(dim=12, heads=3, attn_dropout=dropout)
     randomize_parameters(layer, scale=0.4)
-    module = _FirstTokens(layer, num_queries)
+    module = FirstTokens(layer, num_queries)
     with kernels.using("fused"):
         x = randn(W + 1, 5, 12, seed=9)
         assert_gradients_ok(check_module(module, x, tol=1e-6, samples=60))
@@ -209,17 +208,3 @@ def test_finite_differences_through_a_whole_model_on_the_lanes(f64, lane_calls):
         assert {n for n, p in model.named_parameters()} <= set(report.per_tensor)
         assert_gradients_ok(check_module(model, x, mode="direction", seed=2, tol=1e-6))
     assert lane_calls
-
-
-class _FirstTokens(Module):
-    """The layer run with ``num_queries`` (all tokens when None)."""
-
-    def __init__(self, layer, num_queries):
-        super().__init__()
-        self.layer, self.num_queries = layer, num_queries
-
-    def forward(self, x):
-        return self.layer.forward(x, num_queries=self.num_queries)
-
-    def backward(self, dout):
-        return self.layer.backward(dout)
