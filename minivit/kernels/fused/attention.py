@@ -9,8 +9,8 @@ values is one BLAS call, hundreds a step, each mostly overhead.
 Here the batch is cut into blocks of W images. Within a block every value
 is a run of W lanes, one per image (``minivit/kernels/fused/lanes.py``'s
 ``to_lanes`` copies q, k, v into that layout: q of block n, head h is
-``ql[n, h]``, (Q, hd) runs of W), so each
-product is the textbook triple loop with W images in every multiply-add:
+``ql[n, h]``, (Q, hd) runs of W), so each product is the textbook triple
+loop with W images in every multiply-add:
 
     s[i, j]  = scale * sum_d q[i, d] k[j, d]     da'[i, j] = sum_d do[i, d] v[j, d]
     a[i, :]  = softmax(s[i, :])                  dv[j, d]  = sum_i a'[i, j] do[i, d]
@@ -21,10 +21,11 @@ product is the textbook triple loop with W images in every multiply-add:
 ``lanes.product`` is that loop, once for all six products (strides say
 which operand is transposed); its running sums are W-lane values
 (``minivit/kernels/fused/simd.py``), eight at a time so that the
-multiply-adds do not wait on each other. A block's q, k, v of one head fit in the first-level cache. A last
-block with fewer than W images is padded with zero lanes, which are never
-copied out. The softmax shifts each row by its own max (per image), as the
-reference does, so a NaN or inf score makes its row NaN, as there.
+multiply-adds do not wait on each other. A block's q, k, v of one head fit
+in the first-level cache. A last block with fewer than W images is padded
+with zero lanes, which are never copied out. The softmax shifts each row by
+its own max (per image), as the reference does, so a NaN or +inf score
+makes its row NaN, as there, and a -inf score gets probability 0.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ _KW = dict(cache=True, error_model="numpy", nogil=True)
 
 @njit(**_KW)
 def _forward_scores(q, k, v, ql, kl, vl, al, probs, scale, n0, n1):
-    """Blocks n0..n1: q, k, v (B, H, ., hd) into lanes; a = softmax(q k^T * scale)
-    into al (nb, H, Q, T W) and probs (B, H, Q, T)."""
+    """Blocks n0..n1: q (B, H, Q, hd), k, v (B, H, T, hd) into ql, kl, vl
+    (nb, H, T, hd W; q's first Q rows); a = softmax(q k^T * scale) into al
+    (nb, H, Q, T W) and probs (B, H, Q, T)."""
     B, H, Q, hd = q.shape
     T = k.shape[2]
     af = al.reshape(-1)
@@ -76,8 +78,8 @@ def _forward_scores(q, k, v, ql, kl, vl, al, probs, scale, n0, n1):
 
 @njit(**_KW)
 def _forward_values(al, vl, ol, out, n0, n1):
-    """o = a' v for blocks n0..n1 into ol (nb, H, Q, hd W), then out to
-    out (B, H, Q, hd) (any strides)."""
+    """o = a' v for blocks n0..n1 into the first Q rows of ol (nb, H, >= Q,
+    hd W), then out to out (B, H, Q, hd) (any strides)."""
     B, H, Q, hd = out.shape
     T = vl.shape[2]
     for n in range(n0, n1):
