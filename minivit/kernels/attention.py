@@ -99,8 +99,10 @@ def use_lanes(q, k) -> bool:
     """True where the fused lane kernels run this attention: fused kernels
     on, at least one full block of images, and at most ``LANE_MAX_TOKENS``
     tokens."""
-    from minivit.kernels.fused.simd import W
-    return q.shape[0] >= W and k.shape[2] <= LANE_MAX_TOKENS and fused_for(q, k)
+    if k.shape[2] > LANE_MAX_TOKENS or not fused_for(q, k):
+        return False
+    from minivit.kernels.fused.simd import W                      # numba is there: fused_for
+    return q.shape[0] >= W
 
 
 def forward(q, k, v, scale, dropout):
