@@ -21,19 +21,20 @@ x = np.random.default_rng(0).standard_normal((256, 1, 28, 28)).astype(np.float32
 with minivit.no_grad():
     for _ in range(3):
         model.forward(x)
-    faults = []
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         model.forward(x)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-# the typical forward: now and then the heap still grows to a new peak while
-# its layout settles (a few hundred pages once, then never again)
-print(minivit.memory.is_kept(), sorted(faults)[len(faults) // 2])
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+print(minivit.memory.is_kept(), (after - before) / 10)
 """
 
 
 def _run(code, **env):
-    full = dict(os.environ, MINIVIT_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    # the NumPy kernels: the fused lane kernels' buffers make the heap grow to a
+    # new peak now and then over some fifteen forwards while its layout
+    # settles (docs/performance.md), which would blur what this measures
+    full = dict(os.environ, MINIVIT_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                MINIVIT_KERNELS="numpy")
     full.pop("MINIVIT_KEEP_FREED_MEMORY", None)
     full.update(env)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
