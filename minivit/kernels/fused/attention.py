@@ -10,7 +10,7 @@ Here the batch is cut into blocks of W images. Within a block every value
 is a run of W lanes, one per image (``minivit/kernels/fused/lanes.py``'s
 ``to_lanes`` copies q, k, v into that layout: q of block n, head h is
 ``ql[n, h]``, (Q, hd) runs of W), so each product is the textbook triple
-loop with W images in every multiply-add:
+loop with W images in every multiply-add::
 
     s[i, j]  = scale * sum_d q[i, d] k[j, d]     da'[i, j] = sum_d do[i, d] v[j, d]
     a[i, :]  = softmax(s[i, :])                  dv[j, d]  = sum_i a'[i, j] do[i, d]
