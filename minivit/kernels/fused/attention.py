@@ -159,7 +159,7 @@ def forward(q, k, v, scale, dropout):
     attn_dropped = dropout(attn)
     al_dropped = al
     if attn_dropped is not attn:                  # dropout's mask, from the (B, H, Q, T) array
-        al_dropped = numpy.zeros_like(al)
+        al_dropped = numpy.empty_like(al)                        # to_lanes zeroes the padding
         _run(to_lanes_blocks, nb, numpy.ascontiguousarray(attn_dropped), al_dropped)
     merged = numpy.empty((B, Q, H, hd), dtype=dtype)
     o = merged.transpose(0, 2, 1, 3)                             # a view, (B, H, Q, hd)

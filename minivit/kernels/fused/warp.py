@@ -4,10 +4,11 @@ Replaces the NumPy body of ``minivit.data.augment.warp_affine``, which builds
 coordinate, weight and index arrays for the whole batch, four gathers and
 five passes to blend them: a dozen trips through memory for a few operations
 per pixel, on one core while the training step waits for it. Here, image by
-image (a share of the images on each core), each output pixel's source is found and sampled with the same float32
-coordinates and the same operations in the same order (no fused
-multiply-adds), so the result is NumPy's bit for bit. No backward: the warp
-is applied to data, not to anything that is trained.
+image (a share of the images on each core), each output pixel's source is
+found and sampled with the same float32 coordinates and the same operations
+in the same order (no fused multiply-adds), so the result is NumPy's bit for
+bit. No backward: the warp is applied to data, not to anything that is
+trained.
 """
 
 from __future__ import annotations
